@@ -1,0 +1,76 @@
+import sys
+
+from snakemake.utils import min_version
+
+from posttrainbench.cells import Cell
+from posttrainbench.config import ConfigError, agent_spec, iter_cells, validate_config
+
+min_version("9.0")
+
+
+# A --configfile replaces the embedded default rather than being merged into it: the published
+# matrix must not inherit the default's model or agents. --config values still apply on top.
+if workflow.overwrite_configfiles:
+    _cli_config = dict(workflow.config_settings.overwrite_config)
+    config.clear()
+    config.update(_cli_config)
+
+# A bad config stops here with one line naming the key, before any job is planned.
+try:
+    _validated = validate_config(config)
+except ConfigError as error:
+    sys.exit(f"posttrainbench: {error}")
+config.clear()
+config.update(_validated)
+
+CELLS = list(iter_cells(config))
+CELL_PATTERN = "{agent}/{model}/{benchmark}/seed{seed}"
+
+
+wildcard_constraints:
+    agent=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    model=r"[a-z0-9][a-z0-9._-]*",
+    benchmark=r"[a-z0-9]+",
+    seed=r"\d+",
+    variant=r"base|instruct",
+    dataset=r"[a-z0-9-]+",
+
+
+def cell_of(wildcards):
+    return Cell(wildcards.agent, wildcards.model, wildcards.benchmark, int(wildcards.seed))
+
+
+def cell_paths(template):
+    """``template`` (with CELL_PATTERN's fields) for every cell of the matrix."""
+    return [
+        template.format(agent=c.agent, model=c.model, benchmark=c.benchmark, seed=c.seed)
+        for c in CELLS
+    ]
+
+
+def model_source(model, variant):
+    source = config["models"][model].get(variant)
+    if not source:
+        raise ValueError(f"config key 'models.{model}.{variant}' is not set")
+    return source
+
+
+def agent_inputs(wildcards):
+    """What an agent run needs staged: the base model, plus its recipe's extras."""
+    spec = agent_spec(config, wildcards.agent)
+    inputs = {"base_model": f"resources/models/{wildcards.model}/base"}
+    if spec.get("recipe") == "instruct":
+        inputs["instruct_model"] = f"resources/models/{wildcards.model}/instruct"
+    if spec.get("recipe") == "sft":
+        inputs["train_data"] = f"resources/datasets/{spec['sft']['train_data']}.jsonl"
+    return inputs
+
+
+def job_resources(stage, key, default=None):
+    return config["resources"][stage].get(key, default)
+
+
+def agent_runtime_minutes(wildcards):
+    """The budget plus grace and an allowance for collecting the checkpoint."""
+    budget = config["budget"]
+    return int(budget["hours"] * 60 + budget["grace_seconds"] / 60 + 10)

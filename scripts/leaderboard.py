@@ -1,0 +1,17 @@
+"""Rule leaderboard: the weighted leaderboard, per-cell table and plots for this config's cells."""
+
+from pathlib import Path
+
+from posttrainbench.cli import write_leaderboard
+from posttrainbench.workflow import logged
+
+with logged(snakemake):
+    out = Path(snakemake.output.csv)
+    write_leaderboard(
+        results_dir=out.parent,
+        out_csv=out,
+        plots_dir=Path(snakemake.output.bar).parent,
+        config_weights=snakemake.params.weights,
+        cells_csv=Path(snakemake.output.cells),
+        eval_files=[Path(p) for p in snakemake.input.evals],
+    )

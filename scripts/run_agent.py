@@ -1,0 +1,25 @@
+"""Rule run_agent: run one cell's agent under its budget and write run.json + trace.jsonl."""
+
+from pathlib import Path
+
+from posttrainbench.agents.runner import run_cell
+from posttrainbench.cells import Cell
+from posttrainbench.workflow import logged
+
+with logged(snakemake) as log:
+    wc = snakemake.wildcards
+    cell = Cell(wc.agent, wc.model, wc.benchmark, int(wc.seed))
+    optional = lambda name: Path(snakemake.input[name]) if name in snakemake.input.keys() else None
+    record = run_cell(
+        cell,
+        snakemake.params.spec,
+        run_dir=Path(snakemake.output.run).parent,
+        base_dir=Path(snakemake.input.base_model),
+        instruct_dir=optional("instruct_model"),
+        train_data=optional("train_data"),
+        budget=snakemake.params.budget,
+        sandbox_backend=snakemake.config.get("sandbox", {}).get("backend", "none"),
+        threads=snakemake.threads,
+        config=snakemake.config,
+    )
+    log.info("%s: %s in %.0f s", cell.key, record["status"], record["wall_seconds"])

@@ -1,0 +1,216 @@
+"""Aggregate eval JSONs and judge verdicts into the weighted leaderboard (the published rule).
+
+Per cell, the effective score is the eval score, or the base model's score for the same model and
+benchmark when the cell failed, was flagged by the judge, or is missing. Per benchmark b, each
+row's score is averaged over base models (after averaging seeds); weights are
+w_b = 1 / (instruct_b - base_b), normalised, when both reference rows exist, else from config.
+The headline is 100 * sum_b w_b * score_b; its spread is the std of per-seed headlines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from .cells import REFERENCE_AGENTS
+
+log = logging.getLogger(__name__)
+
+CELL_KEYS = ["agent", "model", "benchmark", "seed"]
+
+
+class LeaderboardError(RuntimeError):
+    pass
+
+
+@dataclass
+class Weights:
+    values: dict[str, float]
+    source: str  # "reference rows", "config", or "equal"
+
+
+def _read_tree(root: Path, kind: str) -> list[dict]:
+    records = []
+    for path in sorted((root / kind).rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LeaderboardError(f"{path}: unreadable JSON ({exc})") from None
+        parts = path.relative_to(root / kind).with_suffix("").parts
+        if len(parts) != 4 or not parts[3].startswith("seed"):
+            log.warning("ignoring %s: not laid out as %s/AGENT/MODEL/BENCHMARK/seedN.json", path, kind)
+            continue
+        # The path is the cell's identity; fields in the file must not contradict it.
+        identity = {"agent": parts[0], "model": parts[1], "benchmark": parts[2], "seed": int(parts[3][4:])}
+        for key, value in identity.items():
+            if key in record and str(record[key]) != str(value):
+                raise LeaderboardError(f"{path}: field {key}={record[key]!r} contradicts its path ({value!r})")
+        records.append({**record, **identity, "_path": str(path)})
+    return records
+
+
+def load_cells(results_dir: str | Path, eval_files: list[Path] | None = None) -> pd.DataFrame:
+    """One row per evaluated cell, with its judge verdict merged in (``judged`` says if there is one).
+
+    ``eval_files`` restricts the table to those cells (the workflow passes its own matrix, so
+    results of cells no longer configured do not leak into the leaderboard)."""
+    root = Path(results_dir)
+    evals = _read_tree(root, "evals")
+    if eval_files is not None:
+        wanted = {Path(p).resolve() for p in eval_files}
+        evals = [r for r in evals if Path(r["_path"]).resolve() in wanted]
+    if not evals:
+        raise LeaderboardError(f"no eval JSON files under {root / 'evals'}")
+    frame = pd.DataFrame(evals)
+    frame["status"] = frame.get("status", pd.Series("ok", index=frame.index)).fillna("ok")
+    frame["score"] = pd.to_numeric(frame.get("score"), errors="coerce")
+    bad = frame[(frame.status == "ok") & ~frame.score.between(0, 1)]
+    if not bad.empty:
+        raise LeaderboardError(f"{bad.iloc[0]['_path']}: score {bad.iloc[0]['score']!r} is not in [0, 1]")
+    verdicts = _read_tree(root, "judge")
+    if verdicts:
+        judge = pd.DataFrame(verdicts)[CELL_KEYS + ["flagged", "reasons"]]
+        judge["judged"] = True
+        frame = frame.merge(judge, on=CELL_KEYS, how="left")
+    else:
+        frame["flagged"], frame["reasons"], frame["judged"] = False, None, False
+    frame["judged"] = frame["judged"].astype("boolean").fillna(False).astype(bool)
+    frame["flagged"] = frame["flagged"].astype("boolean").fillna(False).astype(bool)
+    unjudged = frame[~frame.judged & ~frame.agent.isin(REFERENCE_AGENTS)]
+    if not unjudged.empty:
+        log.info("%d cell(s) have no judge verdict yet; counted as unflagged", len(unjudged))
+    return frame[CELL_KEYS + ["score", "status", "flagged", "reasons", "judged"]].copy()
+
+
+def base_scores(cells: pd.DataFrame) -> pd.Series:
+    """The base model's score per (model, benchmark), mean over its successful seeds."""
+    base = cells[(cells.agent == "base") & (cells.status == "ok")]
+    return base.groupby(["model", "benchmark"])["score"].mean()
+
+
+def effective_scores(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add ``effective`` (the score that counts) and ``replaced`` (why the base score was used)."""
+    cells = cells.copy()
+    fallback = base_scores(cells)
+    keys = list(zip(cells.model, cells.benchmark))
+    base_for_cell = pd.Series([fallback.get(k, float("nan")) for k in keys], index=cells.index)
+    failed = cells.status != "ok"
+    flagged = cells.flagged & ~cells.agent.isin(REFERENCE_AGENTS)
+    cells["replaced"] = None
+    cells.loc[failed, "replaced"] = "failed"
+    cells.loc[flagged, "replaced"] = "flagged"
+    use_base = failed | flagged
+    cells["effective"] = cells.score.where(~use_base, base_for_cell)
+    missing_base = use_base & base_for_cell.isna()
+    if missing_base.any():
+        row = cells[missing_base].iloc[0]
+        log.warning("no base score for %s/%s: %d replaced cell(s) count as 0",
+                    row.model, row.benchmark, int(missing_base.sum()))
+        cells.loc[missing_base, "effective"] = 0.0
+    return cells
+
+
+def reference_weights(cells: pd.DataFrame, benchmarks: list[str]) -> dict[str, float] | None:
+    """w_b = 1 / (instruct_b - base_b) normalised, base models averaged; None if a row is missing."""
+    ok = cells[cells.status == "ok"]
+    per_model = ok.groupby(["agent", "model", "benchmark"])["score"].mean()
+    diffs = {}
+    for benchmark in benchmarks:
+        try:
+            base = per_model.loc["base"].xs(benchmark, level="benchmark")
+            instruct = per_model.loc["instruct"].xs(benchmark, level="benchmark")
+        except KeyError:
+            return None
+        models = base.index.intersection(instruct.index)
+        if models.empty:
+            return None
+        gap = instruct[models].mean() - base[models].mean()
+        if gap <= 0:
+            raise LeaderboardError(
+                f"benchmark {benchmark}: instruct ({instruct[models].mean():.4f}) does not beat base "
+                f"({base[models].mean():.4f}); the weight 1/(instruct-base) is undefined"
+            )
+        diffs[benchmark] = 1.0 / gap
+    total = sum(diffs.values())
+    return {b: v / total for b, v in diffs.items()}
+
+
+def choose_weights(cells: pd.DataFrame, config_weights: Mapping[str, float] | None) -> Weights:
+    benchmarks = sorted(cells.benchmark.unique())
+    computed = reference_weights(cells, benchmarks)
+    if computed is not None:
+        return Weights(computed, "reference rows")
+    if config_weights:
+        missing = [b for b in benchmarks if b not in config_weights]
+        if missing:
+            raise LeaderboardError(f"no weight for benchmark(s) {', '.join(missing)} in scoring.weights")
+        total = sum(config_weights[b] for b in benchmarks)
+        return Weights({b: config_weights[b] / total for b in benchmarks}, "config")
+    log.warning("no instruct reference row and no configured weights: benchmarks weigh equally")
+    return Weights({b: 1.0 / len(benchmarks) for b in benchmarks}, "equal")
+
+
+def _fill_missing(cells: pd.DataFrame) -> pd.DataFrame:
+    """Each agent/seed is scored on every (model, benchmark) pair of the sweep; pairs it lacks take
+    the base score and are counted as missing."""
+    pairs = cells[["model", "benchmark"]].drop_duplicates()
+    fallback = base_scores(cells)
+    extra = []
+    for (agent, seed), group in cells.groupby(["agent", "seed"]):
+        have = set(zip(group.model, group.benchmark))
+        for model, benchmark in pairs.itertuples(index=False):
+            if (model, benchmark) not in have:
+                extra.append({"agent": agent, "model": model, "benchmark": benchmark, "seed": seed,
+                              "score": float("nan"), "status": "missing", "flagged": False,
+                              "reasons": None, "judged": False, "replaced": "missing",
+                              "effective": fallback.get((model, benchmark), 0.0)})
+    return pd.concat([cells, pd.DataFrame(extra)], ignore_index=True) if extra else cells
+
+
+def build_leaderboard(cells: pd.DataFrame, weights: Weights) -> pd.DataFrame:
+    """One row per agent: headline score (0-100), per-seed spread, counts, per-benchmark scores."""
+    cells = _fill_missing(effective_scores(cells))
+    benchmarks = sorted(weights.values)
+    w = pd.Series(weights.values)[benchmarks]
+    rows = []
+    for agent, group in cells.groupby("agent"):
+        per_bench = group.groupby(["benchmark", "model"])["effective"].mean().groupby("benchmark").mean()
+        per_bench = per_bench.reindex(benchmarks)
+        seed_scores = []
+        for _, seed_group in group.groupby("seed"):
+            seed_bench = seed_group.groupby(["benchmark", "model"])["effective"].mean().groupby("benchmark").mean()
+            seed_scores.append(100 * float((w * seed_bench.reindex(benchmarks)).sum()))
+        real = group[group.status != "missing"]
+        rows.append({
+            "agent": agent,
+            "score": 100 * float((w * per_bench).sum()),
+            "score_std": float(pd.Series(seed_scores).std(ddof=1)) if len(seed_scores) > 1 else float("nan"),
+            "n_seeds": group.seed.nunique(),
+            "n_cells": len(real),
+            "n_flagged": int((real.replaced == "flagged").sum()),
+            "n_failed": int((real.replaced == "failed").sum()),
+            "n_unjudged": 0 if agent in REFERENCE_AGENTS else int((~real.judged).sum()),
+            "n_missing": int((group.status == "missing").sum()),
+            "reference": agent in REFERENCE_AGENTS,
+            **{b: 100 * float(per_bench[b]) for b in benchmarks},
+        })
+    board = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    return board
+
+
+def leaderboard_from_results(
+    results_dir: str | Path,
+    config_weights: Mapping[str, float] | None = None,
+    eval_files: list[Path] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, Weights]:
+    """Load a results tree and return (leaderboard, per-cell table, weights)."""
+    cells = load_cells(results_dir, eval_files)
+    weights = choose_weights(cells, config_weights)
+    board = build_leaderboard(cells, weights)
+    table = _fill_missing(effective_scores(cells))
+    return board, table.sort_values(CELL_KEYS).reset_index(drop=True), weights
