@@ -101,9 +101,10 @@ def _describe(error: jsonschema.ValidationError, root_schema: dict) -> str:
 
 
 def _first_error(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError:
-    # The deepest error is the most specific one (e.g. the agent field, not "agents failed").
-    best = jsonschema.exceptions.best_match(errors)
-    return best
+    # Conditional requirements (allOf/if/then) only matter once the plain fields are right:
+    # report a wrong ``type`` value before the fields that value would require.
+    plain = [e for e in errors if "allOf" not in e.schema_path]
+    return jsonschema.exceptions.best_match(plain or errors)
 
 
 def validate_config(config: dict) -> dict:

@@ -166,7 +166,17 @@ def _clean_tokenizer_config(model_dir: Path) -> None:
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``; an existing ``out_dir`` is swapped out, then deleted."""
+    """Move the finished ``tmp`` folder to ``out_dir``; an existing ``out_dir`` is swapped out, then deleted.
+
+    ``mkdtemp`` (and some writers) create owner-only entries; open them up to the usual umask first so that
+    other users and containers on a shared filesystem can read the model.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(tmp):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
@@ -328,7 +338,7 @@ def _download_hub(repo_id: str, dest: Path) -> dict[str, Any]:
     except Exception as exc:  # network errors, offline mode, gated repos, unknown ids all land here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelStagingError(
-            f"could not download {repo_id!r} from the Hugging Face Hub ({exc.__class__.__name__}: {reason[:200]}); "
+            f"could not download {repo_id!r} from the Hugging Face Hub ({exc.__class__.__name__}: {reason[:120]}); "
             "stage it on a node with internet access, or set the model's source to a local directory"
         ) from None
     # snapshot_download leaves a .cache folder in local_dir; it is not part of the model.

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +52,8 @@ def _archive_previous_attempt(run_dir: Path) -> None:
     leftovers = [p for p in (run_dir / "workspace", run_dir / "final_model") if p.exists()]
     if not leftovers:
         return
-    attempt = run_dir / ".attempts" / time.strftime("%Y%m%dT%H%M%S")
-    attempt.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".attempts").mkdir(exist_ok=True)
+    attempt = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=run_dir / ".attempts"))
     for path in leftovers:
         shutil.move(str(path), attempt / path.name)
     log.warning("moved the previous attempt's %s to %s", ", ".join(p.name for p in leftovers), attempt)
@@ -94,15 +95,22 @@ def agent_command(spec: dict, cell: Cell, **paths) -> list[str]:
         return builtin_command(spec["recipe"], spec, cell, workspace=paths["workspace"],
                                base_dir=paths["base_dir"], instruct_dir=paths.get("instruct_dir"),
                                train_data=paths.get("train_data"))
+    if spec["type"] == "command":
+        return list(spec["command"])
     raise AgentNotRunnable(
         f"agent '{cell.agent}' is of type '{spec['type']}': coding-agent CLIs run only inside an "
         "isolating sandbox (apptainer or bubblewrap), which this installation does not provide yet"
     )
 
 
-def _agent_env(workspace: Path, threads: int) -> dict[str, str]:
+def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadline: float) -> dict[str, str]:
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     env.update(
+        PTB_WORKSPACE=str(workspace),
+        PTB_BASE_MODEL=str(base_dir),
+        PTB_BENCHMARK=cell.benchmark,
+        PTB_SEED=str(cell.seed),
+        PTB_DEADLINE=str(int(deadline)),
         HOME=str(workspace),
         HF_HOME=str(workspace / ".cache" / "huggingface"),
         HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
@@ -154,7 +162,8 @@ def run_cell(
         command = agent_command(spec, cell, workspace=workspace, base_dir=base_dir,
                                 instruct_dir=instruct_dir, train_data=train_data)
         outcome = sandbox.run(
-            command, workspace=workspace, env=_agent_env(workspace, threads),
+            command, workspace=workspace,
+            env=_agent_env(workspace, threads, cell, base_dir, time.time() + hours * 3600),
             timeout_seconds=hours * 3600, grace_seconds=budget["grace_seconds"], trace=trace,
         )
     finally:

@@ -1,0 +1,98 @@
+"""The agent-run step: deadline enforcement, checkpoint collection, run records, environment."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from posttrainbench.agents.runner import AgentNotRunnable, run_cell
+from posttrainbench.cells import Cell
+
+CELL = Cell("scripted", "tiny", "gsm8k", 1)
+
+
+def script_agent(tmp_path: Path, body: str) -> dict:
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(body))
+    return {"type": "command", "command": [sys.executable, str(script)]}
+
+
+def run(tmp_path: Path, spec: dict, hours: float = 0.01, grace: int = 1) -> tuple[dict, Path]:
+    run_dir = tmp_path / "runs" / "cell"
+    record = run_cell(CELL, spec, run_dir=run_dir, base_dir=tmp_path / "base", instruct_dir=None,
+                      train_data=None, budget={"hours": hours, "gpus": 0, "grace_seconds": grace},
+                      sandbox_backend="none", threads=1, config={"test": True})
+    return record, run_dir
+
+
+def trace_events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+
+
+WRITE_MODEL = """
+import json, os, pathlib
+out = pathlib.Path("final_model"); out.mkdir()
+(out / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+print("task says:", open("TASK.md").read().splitlines()[2][:40])
+print("benchmark", os.environ["PTB_BENCHMARK"], "seed", os.environ["PTB_SEED"])
+"""
+
+
+def test_successful_run_collects_checkpoint_and_records(tmp_path: Path):
+    record, run_dir = run(tmp_path, script_agent(tmp_path, WRITE_MODEL))
+    assert record["status"] == "ok" and record["exit_code"] == 0
+    assert (run_dir / "final_model" / "config.json").is_file()
+    assert not (run_dir / "workspace" / "final_model").exists()
+    assert json.loads((run_dir / "run.json").read_text()) == record
+    assert 0 < record["budget_fraction"] < 1 and record["sandbox"] == "none"
+    stdout = [e["text"] for e in trace_events(run_dir) if e["type"] == "stdout"]
+    assert "benchmark gsm8k seed 1" in stdout
+
+
+def test_deadline_kills_and_still_collects_final_model(tmp_path: Path):
+    spec = script_agent(tmp_path, WRITE_MODEL + """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a stubborn agent: only SIGKILL stops it
+print("training forever", flush=True)
+time.sleep(600)
+""")
+    record, run_dir = run(tmp_path, spec, hours=2 / 3600, grace=1)
+    assert record["status"] == "timeout" and record["timed_out"]
+    assert record["wall_seconds"] < 30
+    assert (run_dir / "final_model" / "config.json").is_file()
+    actions = [e.get("action") for e in trace_events(run_dir) if e["type"] == "deadline"]
+    assert actions == ["SIGTERM", "SIGKILL"]
+
+
+def test_no_checkpoint_and_errors_are_recorded_outcomes(tmp_path: Path):
+    record, _ = run(tmp_path, script_agent(tmp_path, "print('gave up')"))
+    assert record["status"] == "no_checkpoint" and record["final_model"] is None
+    record, _ = run(tmp_path, script_agent(tmp_path, WRITE_MODEL + "raise SystemExit(3)"))
+    assert record["status"] == "error" and record["exit_code"] == 3
+
+
+def test_pipeline_secrets_do_not_reach_the_agent(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PTB_JUDGE_API_KEY", "judge-secret-123")
+    monkeypatch.setenv("OPENAI_API_KEY", "grader-secret-456")
+    spec = script_agent(tmp_path, "import os; print(sorted(os.environ.items()))")
+    _, run_dir = run(tmp_path, spec)
+    text = (run_dir / "trace.jsonl").read_text()
+    assert "judge-secret-123" not in text and "grader-secret-456" not in text
+    assert "PTB_WORKSPACE" in text
+
+
+def test_rerun_archives_the_previous_attempt(tmp_path: Path):
+    run(tmp_path, script_agent(tmp_path, WRITE_MODEL))
+    record, run_dir = run(tmp_path, script_agent(tmp_path, "print('second attempt, no model')"))
+    assert record["status"] == "no_checkpoint"
+    archived = list((run_dir / ".attempts").glob("*/final_model/config.json"))
+    assert len(archived) == 1
+
+
+def test_cli_agents_fail_loudly_without_an_isolating_sandbox(tmp_path: Path):
+    with pytest.raises(AgentNotRunnable, match="isolating sandbox"):
+        run(tmp_path, {"type": "claude-code", "model": "claude-opus-4-6"})

@@ -1,0 +1,115 @@
+"""Config validation: defaults are filled, and every mistake is one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from posttrainbench.config import ConfigError, iter_cells, load_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def _with(**changes):
+    config = copy.deepcopy(DEFAULT)
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+def test_embedded_default_is_valid_and_gets_defaults():
+    config = load_config(ROOT / "config" / "config.yaml")
+    assert config["evaluation"]["code_timeout_seconds"] == 10
+    assert config["agents"]["reference-sft"]["sft"]["bf16"] == "auto"
+    assert config["models"]["smollm2-135m"]["instruct"] is None
+    cells = list(iter_cells(config))
+    assert {c.agent for c in cells} == {"base", "reference-sft"}
+    assert len(cells) == 2 * 1 * 2 * 1
+
+
+def test_published_matrix_cells():
+    config = load_config(ROOT / "config" / "posttrainbench.yaml")
+    cells = list(iter_cells(config))
+    coding_agents = [a for a in config["agents"] if a not in ("base", "instruct")]
+    assert len(coding_agents) >= 4
+    assert len(cells) == 4 * 7 * len(coding_agents) * 3 + 2 * 4 * 7
+    assert len(set(cells)) == len(cells)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"benchmarks": ["gsm8k", "gsm9k"]}, ["benchmarks[1]", "gsm9k", "humaneval"]),
+        ({"budget__hours": -1}, ["budget.hours", "-1", "> 0"]),
+        ({"budget__hours": 0}, ["budget.hours", "> 0"]),
+        ({"budget__gpus": -2}, ["budget.gpus", ">= 0"]),
+        ({"evaluation__backend": "tensorrt"}, ["evaluation.backend", "tensorrt", "vllm"]),
+        ({"seeds": ["one"]}, ["seeds[0]", "integer"]),
+        ({"agents__reference-sft__sft__max_step": 3}, ["agents.reference-sft.sft.max_step", "max_steps"]),
+        ({"agents__base__type": "human"}, ["agents.base.type", "claude-code"]),
+        ({"models__Bad/Key": {"base": "x"}}, ["models", "Bad/Key"]),
+    ],
+)
+def test_broken_configs_fail_with_one_line_naming_the_key(changes, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with(**changes))
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_top_level_typo_suggests_the_key():
+    config = copy.deepcopy(DEFAULT)
+    config["seed"] = config.pop("seeds")
+    with pytest.raises(ConfigError, match=r"'seed' is not allowed \(did you mean 'seeds'\?\)"):
+        validate_config(config)
+
+
+def test_missing_required_key():
+    config = copy.deepcopy(DEFAULT)
+    del config["agents"]
+    with pytest.raises(ConfigError, match="'agents' is required"):
+        validate_config(config)
+
+
+def test_instruct_agent_needs_instruct_models():
+    config = copy.deepcopy(DEFAULT)
+    config["agents"]["instruct"] = {"type": "builtin", "recipe": "instruct"}
+    with pytest.raises(ConfigError, match="models.smollm2-135m.instruct"):
+        validate_config(config)
+
+
+def test_reserved_reference_names():
+    config = copy.deepcopy(DEFAULT)
+    config["agents"]["base"] = {"type": "builtin", "recipe": "sft"}
+    with pytest.raises(ConfigError, match="agents.base"):
+        validate_config(config)
+
+
+def test_weights_needed_without_instruct_row():
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"]["weights"] = {"gsm8k": 1.0}
+    with pytest.raises(ConfigError, match="scoring.weights.humaneval"):
+        validate_config(config)
+
+
+def test_base_row_is_always_part_of_the_matrix():
+    config = copy.deepcopy(DEFAULT)
+    del config["agents"]["base"]
+    cells = list(iter_cells(validate_config(config)))
+    assert {c.agent for c in cells} == {"base", "reference-sft"}
+
+
+def test_validation_does_not_mutate_input():
+    config = copy.deepcopy(DEFAULT)
+    validate_config(config)
+    assert config == DEFAULT

@@ -1,0 +1,118 @@
+"""Scoring rules on small hand-made result trees: replacement by the base score, seeds, weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from posttrainbench.leaderboard import LeaderboardError, leaderboard_from_results
+
+
+def write(root: Path, kind: str, agent: str, model: str, bench: str, seed: int, **fields) -> Path:
+    path = root / kind / agent / model / bench / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"agent": agent, "model": model, "benchmark": bench, "seed": seed}
+    if kind == "evals":
+        record.update(status="ok", error=None, metric="m", n=10, backend="hf")
+    record.update(fields)
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for model, base in (("m1", 0.1), ("m2", 0.3)):
+        write(tmp_path, "evals", "base", model, "gsm8k", 1, score=base)
+        write(tmp_path, "evals", "base", model, "humaneval", 1, score=base / 2)
+    return tmp_path
+
+
+def board_of(root: Path, weights=None):
+    board, cells, w = leaderboard_from_results(root, weights)
+    return {row["agent"]: row for row in board.to_dict("records")}, cells, w
+
+
+def test_flagged_and_failed_cells_take_the_base_score(tree: Path):
+    write(tree, "evals", "agent", "m1", "gsm8k", 1, score=0.9)
+    write(tree, "judge", "agent", "m1", "gsm8k", 1, flagged=True, reasons=["contamination"], checks={})
+    write(tree, "evals", "agent", "m2", "gsm8k", 1, score=None, status="failed", error="boom")
+    write(tree, "evals", "agent", "m1", "humaneval", 1, score=0.5)
+    write(tree, "evals", "agent", "m2", "humaneval", 1, score=0.7)
+    board, cells, weights = board_of(tree, {"gsm8k": 1.0, "humaneval": 3.0})
+    assert weights.source == "config" and weights.values == {"gsm8k": 0.25, "humaneval": 0.75}
+    agent = board["agent"]
+    # gsm8k: m1 flagged -> 0.1 (base), m2 failed -> 0.3 (base); humaneval: (0.5 + 0.7) / 2
+    assert agent["gsm8k"] == pytest.approx(100 * 0.2)
+    assert agent["humaneval"] == pytest.approx(100 * 0.6)
+    assert agent["score"] == pytest.approx(0.25 * 20 + 0.75 * 60)
+    assert (agent["n_flagged"], agent["n_failed"], agent["n_cells"]) == (1, 1, 4)
+    assert agent["n_unjudged"] == 3
+    replaced = cells.set_index(["agent", "model", "benchmark"]).replaced
+    assert replaced[("agent", "m1", "gsm8k")] == "flagged"
+    assert replaced[("agent", "m2", "gsm8k")] == "failed"
+
+
+def test_seed_spread_and_missing_cells(tree: Path):
+    for seed, score in ((1, 0.2), (2, 0.4), (3, 0.6)):
+        write(tree, "evals", "agent", "m1", "gsm8k", seed, score=score)
+    board, _, _ = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    agent = board["agent"]
+    # Per seed: gsm8k = mean(m1 seed score, m2 missing -> base 0.3); humaneval all missing -> base.
+    base_he = (0.05 + 0.15) / 2
+    per_seed = [100 * (0.5 * (s + 0.3) / 2 + 0.5 * base_he) for s in (0.2, 0.4, 0.6)]
+    assert agent["score"] == pytest.approx(sum(per_seed) / 3)
+    mean = sum(per_seed) / 3
+    std = math.sqrt(sum((s - mean) ** 2 for s in per_seed) / 2)
+    assert agent["score_std"] == pytest.approx(std)
+    assert agent["n_seeds"] == 3 and agent["n_missing"] == 9 and agent["n_cells"] == 3
+    assert math.isnan(board["base"]["score_std"])
+
+
+def test_weights_from_reference_rows_override_config(tree: Path):
+    for model in ("m1", "m2"):
+        write(tree, "evals", "instruct", model, "gsm8k", 1, score=0.6)
+        write(tree, "evals", "instruct", model, "humaneval", 1, score=0.2)
+    board, _, weights = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    assert weights.source == "reference rows"
+    inv = {"gsm8k": 1 / (0.6 - 0.2), "humaneval": 1 / (0.2 - 0.1)}
+    total = sum(inv.values())
+    assert weights.values == pytest.approx({b: v / total for b, v in inv.items()})
+    assert board["instruct"]["reference"] and board["base"]["reference"]
+
+
+def test_equal_weights_without_reference_or_config(tree: Path):
+    _, _, weights = board_of(tree)
+    assert weights.source == "equal" and weights.values == {"gsm8k": 0.5, "humaneval": 0.5}
+
+
+def test_instruct_not_better_than_base_is_an_error(tree: Path):
+    for model in ("m1", "m2"):
+        write(tree, "evals", "instruct", model, "gsm8k", 1, score=0.0)
+        write(tree, "evals", "instruct", model, "humaneval", 1, score=0.9)
+    with pytest.raises(LeaderboardError, match="gsm8k: instruct"):
+        board_of(tree)
+
+
+def test_bad_inputs_are_named(tmp_path: Path):
+    with pytest.raises(LeaderboardError, match="no eval JSON"):
+        board_of(tmp_path)
+    path = write(tmp_path, "evals", "base", "m1", "gsm8k", 1, score=1.5)
+    with pytest.raises(LeaderboardError, match="not in \\[0, 1\\]"):
+        board_of(tmp_path)
+    path.write_text(json.dumps({"agent": "other", "score": 0.1, "status": "ok"}))
+    with pytest.raises(LeaderboardError, match="contradicts its path"):
+        board_of(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(LeaderboardError, match="unreadable JSON"):
+        board_of(tmp_path)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path: Path, capsys):
+    from posttrainbench.cli import main
+
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "lb.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ptb: error: no eval JSON") and "\n" not in err
