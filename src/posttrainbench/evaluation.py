@@ -330,7 +330,7 @@ def evaluate_checkpoint(
         "max_gen_toks": gen_toks,
         "test_sha256": meta["sha256"],
         "duration_s": round(time.monotonic() - started, 2),
-        "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else _dist_version("lm_eval"),
+        "lm_eval_version": _dist_version("lm_eval"),
     }
 
 

@@ -12,6 +12,9 @@ from pathlib import Path
 @contextlib.contextmanager
 def logged(snakemake):
     """Send this job's logging, stdout and stderr (including library chatter) to ``log[0]``."""
+    # Progress bars turn a log into megabytes of carriage returns.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     path = Path(snakemake.log[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", buffering=1) as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):

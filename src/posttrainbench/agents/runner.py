@@ -138,6 +138,10 @@ def run_cell(
     config: dict,
 ) -> dict:
     """Run the agent of ``cell`` and return (and write) its run record."""
+    # The agent's working directory is its workspace: every path it is given must be absolute.
+    run_dir, base_dir = run_dir.resolve(), base_dir.resolve()
+    instruct_dir = instruct_dir.resolve() if instruct_dir else None
+    train_data = train_data.resolve() if train_data else None
     run_dir.mkdir(parents=True, exist_ok=True)
     _archive_previous_attempt(run_dir)
     workspace = run_dir / "workspace"
@@ -169,12 +173,13 @@ def run_cell(
     finally:
         trace.close()
     final_model = _collect_checkpoint(workspace, run_dir)
-    if final_model is None:
-        status = "no_checkpoint"
-    elif outcome.timed_out:
+    # Whatever is in final_model/ is evaluated, whatever the status says about how the run ended.
+    if outcome.timed_out:
         status = "timeout"
     elif outcome.exit_code != 0:
         status = "error"
+    elif final_model is None:
+        status = "no_checkpoint"
     else:
         status = "ok"
     record.update(

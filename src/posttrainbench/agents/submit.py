@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Hard links make submitting a multi-GB model free; nothing writes to these files afterwards.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def submit(src: Path, dst: Path) -> None:
@@ -12,7 +21,8 @@ def submit(src: Path, dst: Path) -> None:
         raise SystemExit(f"no model at {src} (config.json missing)")
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("ptb_stage.json"))
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("ptb_stage.json", ".snakemake_timestamp"),
+                    copy_function=_link_or_copy)
     tmp.rename(dst)
 
 
