@@ -14,8 +14,8 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/leaderboard.csv",
         "results/plots/leaderboard.png",
         "results/plots/heatmap.png",
-    default_target: True

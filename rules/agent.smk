@@ -7,17 +7,19 @@ rule run_agent:
     input:
         unpack(agent_inputs),
     output:
-        run="results/runs/" + CELL_PATTERN + "/run.json",
-        trace="results/runs/" + CELL_PATTERN + "/trace.jsonl",
-    params:
-        spec=lambda wc: agent_spec(config, wc.agent),
-        budget=config["budget"],
+        run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
+        trace="results/runs/{agent}/{model}/{benchmark}/seed{seed}/trace.jsonl",
     log:
-        "logs/agent/" + CELL_PATTERN + ".log",
+        "logs/agent/{agent}/{model}/{benchmark}/seed{seed}.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: job_resources("agent", "threads", 2)
     resources:
         mem_mb=job_resources("agent", "mem_mb", 8000),
         runtime=agent_runtime_minutes,
         gpu=job_resources("agent", "gpus", 0),
+    params:
+        spec=lambda wc: agent_spec(config, wc.agent),
+        budget=config["budget"],
     script:
         "../scripts/run_agent.py"

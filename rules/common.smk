@@ -2,7 +2,6 @@ import sys
 
 from snakemake.utils import min_version
 
-from posttrainbench.cells import Cell
 from posttrainbench.config import ConfigError, agent_spec, iter_cells, validate_config
 
 min_version("9.0")
@@ -24,7 +23,6 @@ config.clear()
 config.update(_validated)
 
 CELLS = list(iter_cells(config))
-CELL_PATTERN = "{agent}/{model}/{benchmark}/seed{seed}"
 
 
 wildcard_constraints:
@@ -36,14 +34,12 @@ wildcard_constraints:
     dataset=r"[a-z0-9-]+",
 
 
-def cell_of(wildcards):
-    return Cell(wildcards.agent, wildcards.model, wildcards.benchmark, int(wildcards.seed))
-
-
 def cell_paths(template):
-    """``template`` (with CELL_PATTERN's fields) for every cell of the matrix."""
+    """``template`` (with {agent}, {model}, {benchmark}, {seed}) for every cell of the matrix."""
     return [
-        template.format(agent=c.agent, model=c.model, benchmark=c.benchmark, seed=c.seed)
+        template.format(
+            agent=c.agent, model=c.model, benchmark=c.benchmark, seed=c.seed
+        )
         for c in CELLS
     ]
 

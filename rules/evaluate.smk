@@ -4,19 +4,21 @@
 
 rule evaluate:
     input:
-        run="results/runs/" + CELL_PATTERN + "/run.json",
+        run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
         test="resources/benchmarks/{benchmark}/test.jsonl",
         meta="resources/benchmarks/{benchmark}/meta.json",
     output:
-        "results/evals/" + CELL_PATTERN + ".json",
-    params:
-        evaluation=config["evaluation"],
+        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
     log:
-        "logs/evaluate/" + CELL_PATTERN + ".log",
+        "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: job_resources("evaluate", "threads", 2)
     resources:
         mem_mb=job_resources("evaluate", "mem_mb", 8000),
         runtime=job_resources("evaluate", "runtime_minutes", 60),
         gpu=job_resources("evaluate", "gpus", 0),
+    params:
+        evaluation=config["evaluation"],
     script:
         "../scripts/evaluate.py"

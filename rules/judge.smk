@@ -3,12 +3,14 @@
 
 rule judge:
     input:
-        run="results/runs/" + CELL_PATTERN + "/run.json",
+        run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
         base_model="resources/models/{model}/base",
     output:
-        "results/judge/" + CELL_PATTERN + ".json",
+        "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
     log:
-        "logs/judge/" + CELL_PATTERN + ".log",
+        "logs/judge/{agent}/{model}/{benchmark}/seed{seed}.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: job_resources("judge", "threads", 1)
     resources:
         mem_mb=job_resources("judge", "mem_mb", 4000),

@@ -3,21 +3,23 @@
 
 rule leaderboard:
     input:
-        evals=cell_paths("results/evals/" + CELL_PATTERN + ".json"),
-        verdicts=cell_paths("results/judge/" + CELL_PATTERN + ".json"),
+        evals=cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        verdicts=cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
     output:
         csv="results/leaderboard.csv",
         cells="results/cells.csv",
         weights="results/leaderboard.weights.json",
         bar="results/plots/leaderboard.png",
         heatmap="results/plots/heatmap.png",
-    params:
-        weights=config["scoring"]["weights"],
     log:
         "logs/report/leaderboard.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    localrule: True
+    params:
+        weights=config["scoring"]["weights"],
     script:
         "../scripts/leaderboard.py"

@@ -5,14 +5,16 @@
 rule stage_model:
     output:
         directory("resources/models/{model}/{variant}"),
-    params:
-        source=lambda wc: model_source(wc.model, wc.variant),
     log:
         "logs/stage/models/{model}.{variant}.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=16000,
         runtime=120,
-    localrule: True
+    params:
+        source=lambda wc: model_source(wc.model, wc.variant),
     script:
         "../scripts/stage_model.py"
 
@@ -23,10 +25,12 @@ rule stage_benchmark:
         meta="resources/benchmarks/{benchmark}/meta.json",
     log:
         "logs/stage/benchmarks/{benchmark}.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    localrule: True
     script:
         "../scripts/stage_benchmark.py"
 
@@ -36,9 +40,11 @@ rule stage_training_data:
         "resources/datasets/{dataset}.jsonl",
     log:
         "logs/stage/datasets/{dataset}.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    localrule: True
     script:
         "../scripts/stage_training_data.py"

@@ -166,7 +166,7 @@ def train_sft(
             record = {"step": state.global_step, **{k: v for k, v in (logs or {}).items()}}
             logged.append(record)
             # One compact line per event on stderr (stdout is kept for the CLI's metrics JSON).
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+            shown = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in record.items()}
             print(json.dumps(shown, default=str), file=sys.stderr, flush=True)
             if log_handle is not None:
                 log_handle.write(json.dumps(record, default=float) + "\n")

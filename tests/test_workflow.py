@@ -1,0 +1,176 @@
+"""The Snakemake workflow itself: lint, planning the published matrix, bad configs, and the
+embedded default end to end (real model, real items, CPU) with resume behaviour."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run, as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint", "--cores", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_every_rule_has_log_and_resources():
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        for rule in re.split(r"\nrule ", text)[1:]:
+            name = rule.split(":", 1)[0]
+            if name == "all":
+                continue
+            assert "\n    log:" in rule, f"rule {name} has no log"
+            assert "\n    resources:" in rule, f"rule {name} has no resources"
+
+
+def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
+    config = yaml.safe_load((ROOT / "config" / "posttrainbench.yaml").read_text())
+    agents = [a for a in config["agents"] if a not in ("base", "instruct")]
+    started = time.monotonic()
+    proc = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                     "--configfile", str(ROOT / "config" / "posttrainbench.yaml"))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = 4 * 7 * len(agents) * 3 + 2 * 4 * 7
+    counts = job_counts(proc.stdout)
+    assert counts["run_agent"] == counts["evaluate"] == counts["judge"] == cells == 476
+    assert counts["stage_model"] == 8 and counts["stage_benchmark"] == 7
+    for agent in agents + ["base", "instruct"]:
+        assert f"results/evals/{agent}/qwen3-4b/bfcl/seed1.json" in proc.stdout
+    assert "results/evals/claude-code-opus-4.6/gemma3-4b/aime2025/seed3.json" in proc.stdout
+    assert "results/evals/smollm2-135m" not in proc.stdout  # the default is replaced, not merged
+    assert elapsed < 10, f"dry run took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: c.update(benchmarks=["gsm8k", "mmlu"]), "config key 'benchmarks[1]' has value 'mmlu'"),
+        (lambda c: c["budget"].update(hours=-2), "config key 'budget.hours' is -2; it must be > 0"),
+        (lambda c: c.update(agent=c.pop("agents")), "config key 'agent' is not allowed (did you mean 'agents'?)"),
+    ],
+)
+def test_broken_config_stops_snakemake_with_one_line(tmp_path: Path, edit, fragment):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    proc = snakemake("-n", "--configfile", str(path))
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("posttrainbench:")]
+    assert len(errors) == 1 and fragment in errors[0], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert time.monotonic() - started < 10
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory) -> Path:
+    """The embedded default, with fewer items and SFT steps, run by Snakemake in a fresh directory."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 4, "max_gen_toks": 128},
+                                             "humaneval": {"limit": 3, "max_gen_toks": 160}}
+    config["agents"]["reference-sft"]["sft"].update(max_steps=3, max_examples=64, max_length=256)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake("--profile", str(ROOT / "profiles" / "default"), "--snakefile", str(ROOT / "Snakefile"),
+                     "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2")
+    (workdir / "snakemake.out").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return workdir
+
+
+def _dry_run(workdir: Path) -> subprocess.CompletedProcess:
+    return snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                     "--configfile", str(workdir / "config.yaml"))
+
+
+@pytest.mark.slow
+def test_embedded_default_end_to_end(embedded_run: Path):
+    results = embedded_run / "results"
+    with open(results / "leaderboard.csv") as handle:
+        board = {row["agent"]: row for row in csv.DictReader(handle)}
+    assert set(board) == {"base", "reference-sft"}
+    for row in board.values():
+        assert 0 <= float(row["score"]) <= 100
+        assert row["n_cells"] == "2" and row["n_failed"] == "0" and row["n_unjudged"] == "0"
+        assert {"gsm8k", "humaneval"} <= set(row)
+    weights = json.loads((results / "leaderboard.weights.json").read_text())
+    assert weights["source"] == "config"
+    for agent in ("base", "reference-sft"):
+        for bench, n in (("gsm8k", 4), ("humaneval", 3)):
+            record = json.loads((results / "evals" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
+            assert record["status"] == "ok", record
+            assert record["n"] == n and 0 <= record["score"] <= 1 and record["backend"] == "hf"
+            assert len(record["test_sha256"]) == 64
+            verdict = json.loads((results / "judge" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
+            assert verdict["flagged"] is False
+            assert all(check["passed"] for check in verdict["checks"].values()), verdict
+            run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
+            assert run["status"] == "ok"
+    for plot in ("leaderboard.png", "heatmap.png"):
+        assert (results / "plots" / plot).stat().st_size > 10_000
+    # Every job left its log.
+    assert (embedded_run / "logs" / "evaluate" / "reference-sft" / "smollm2-135m" / "gsm8k" / "seed1.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rerun_after_success_does_nothing(embedded_run: Path):
+    proc = _dry_run(embedded_run)
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_deleting_one_eval_reruns_exactly_its_downstream(embedded_run: Path):
+    results = embedded_run / "results"
+    target = results / "evals" / "reference-sft" / "smollm2-135m" / "humaneval" / "seed1.json"
+    others = {p: p.stat().st_mtime_ns for p in (results / "evals").rglob("seed1.json") if p != target}
+    verdicts = {p: p.stat().st_mtime_ns for p in (results / "judge").rglob("*.json")}
+    target.unlink()
+    proc = _dry_run(embedded_run)
+    assert proc.returncode == 0
+    assert job_counts(proc.stdout) == {"evaluate": 1, "leaderboard": 1, "all": 1, "total": 3}
+    assert str(target.relative_to(embedded_run)) in proc.stdout
+    proc = snakemake("--profile", str(ROOT / "profiles" / "default"), "--snakefile", str(ROOT / "Snakefile"),
+                     "--directory", str(embedded_run), "--configfile", str(embedded_run / "config.yaml"),
+                     "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(target.read_text())["status"] == "ok"
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())
+    assert all(p.stat().st_mtime_ns == t for p, t in verdicts.items())
