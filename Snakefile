@@ -13,9 +13,13 @@ include: "rules/judge.smk"
 include: "rules/report.smk"
 
 
+# Every cell's eval and verdict are requested too: Snakemake does not rebuild a deleted
+# intermediate file whose consumers are up to date, and a lost result must come back.
 rule all:
     default_target: True
     input:
+        cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
         "results/leaderboard.csv",
         "results/plots/leaderboard.png",
         "results/plots/heatmap.png",

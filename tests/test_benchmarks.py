@@ -191,3 +191,17 @@ def test_extract_completion_from_a_full_code_block(problems):
     # The same code with a wrong body still fails: extraction does not make anything pass by itself.
     wrong = f"```python\ndef {problem['entry_point']}(operations):\n    return None\n```"
     assert not bm.humaneval_passes(problem, bm.extract_humaneval_completion(problem, wrong), timeout=10)
+
+
+def test_extract_completion_inside_a_prefilled_code_block(problems):
+    """The chat prompt opens the fence itself: the response is code up to the closing fence."""
+    problem = problems[4]
+    body_only = problem["canonical_solution"] + "```\nExplanation follows."
+    assert bm.humaneval_passes(problem, bm.extract_humaneval_completion(problem, body_only, in_code_block=True))
+    # A whole function whose first line would look like an opening fence in the other mode.
+    full = problem["prompt"] + problem["canonical_solution"]
+    completion = bm.extract_humaneval_completion(problem, full + "```", in_code_block=True)
+    assert bm.humaneval_passes(problem, completion, timeout=10)
+    # Prose after the closing fence is never run: a closing fence right away leaves nothing, which fails.
+    empty = bm.extract_humaneval_completion(problem, "```\nreturn 1", in_code_block=True)
+    assert empty == "" and not bm.humaneval_passes(problem, empty, timeout=10)

@@ -138,8 +138,12 @@ def test_task_config_loads_local_data(bench_root, tmp_path, benchmark, n, chat):
     else:
         assert first["prompt"] in prompt
         if chat:
-            assert task.doc_to_prefix(first) == "```python\n" + first["prompt"]
-        assert task.process_results(first, [first["canonical_solution"]]) == {"pass@1": 1.0}
+            # The answer is pre-filled with an opening fence: the model writes the whole function.
+            assert task.doc_to_prefix(first) == "```python\n"
+            solution = first["prompt"] + first["canonical_solution"]
+        else:
+            solution = first["canonical_solution"]
+        assert task.process_results(first, [solution]) == {"pass@1": 1.0}
         assert task.process_results(first, ["    return 42\n"]) == {"pass@1": 0.0}
     assert task.config.generation_kwargs["max_gen_toks"] == 64
     assert task.config.generation_kwargs["do_sample"] is False
@@ -163,6 +167,25 @@ def test_tiny_model_runs_end_to_end(tiny_model_dir, bench_root, tmp_path):
     assert records[0]["target"] == "18"
     assert "<|im_start|>assistant" in records[0]["prompt"]  # the chat template was applied
     assert result["score"] == sum(r["correct"] for r in records) / 2
+
+
+def test_plain_completion_mode_sends_the_raw_prompt(tiny_model_dir, bench_root, tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    result = _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", samples_path=samples,
+                       apply_chat_template=False)
+    assert result["metric"] == "pass@1" and result["n"] == 2
+    problems = bm.read_test_records(bench_root / "humaneval")
+    records = _read_jsonl(samples)
+    assert [r["prompt"] for r in records] == [problems[0]["prompt"], problems[1]["prompt"]]
+    assert result["score"] == sum(r["correct"] for r in records) / 2
+
+
+def test_missing_chat_template_is_a_clear_error(tiny_model_dir, bench_root, tmp_path):
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink()
+    with pytest.raises(EvaluationError, match="no chat template"):
+        _evaluate(model, "gsm8k", bench_root / "gsm8k")
 
 
 @pytest.mark.slow

@@ -277,20 +277,23 @@ def gsm8k_is_correct(response: str | None, gold_answer_field: str) -> bool:
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 
 
-def extract_humaneval_completion(problem: dict[str, Any], response: str) -> str:
+def extract_humaneval_completion(problem: dict[str, Any], response: str, *, in_code_block: bool = False) -> str:
     """Turn a model response into the text that goes after ``problem["prompt"]`` in the test program.
 
-    Handles the two shapes a model produces:
+    ``in_code_block`` says the prompt already opened a code fence (the chat prompt pre-fills the answer with
+    one), so everything up to the closing fence is code. Otherwise the response is either a continuation of
+    the prompt (the function body, possibly closed by a fence: the text before the fence is kept) or a fresh
+    fenced block (its content is kept).
 
-    * a continuation of the prompt (the function body), possibly closed by a code fence: the text before the
-      first fence is kept;
-    * a fresh code block / full program that redefines the entry point: its code is returned on a new line.
-      The prompt's stub (signature + docstring) is still valid Python, and the later definition replaces it.
+    Code that defines the entry point itself is returned on a new line: the prompt's stub (signature +
+    docstring) is still valid Python, the prompt's imports stay in scope, and the later definition replaces
+    the stub. Anything else is taken as the body that continues the stub.
     """
     text = response or ""
-    stripped = text.lstrip()
-    if stripped.startswith("```"):
-        match = _FENCE_RE.search(stripped)
+    if in_code_block:
+        text = text.split("```", 1)[0]
+    elif text.lstrip().startswith("```"):
+        match = _FENCE_RE.search(text.lstrip())
         text = match.group(1) if match else ""
     elif "```" in text:
         text = text[: text.index("```")]

