@@ -2,11 +2,12 @@
 # Everything is installed into .venv from the pinned files in envs/.
 PYTHON ?= python3
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install run test lint clean
+.PHONY: install system run test lint clean
 
 $(BIN)/.installed: envs/pipeline.txt envs/data.txt envs/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,32 @@ $(BIN)/.installed: envs/pipeline.txt envs/data.txt envs/dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-install: $(BIN)/.installed
+# System packages (sandbox, SLURM, browser): installed when missing and running as root; otherwise
+# the tests that need them say what is missing.
+system:
+	@missing=$$(for p in $$(grep -v '^#' envs/debian-packages.txt); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  else echo "make system: missing Debian packages (install them as root): $$missing" >&2; fi; fi
+
+# vLLM in its own environment: its numpy pin clashes with the SLURM executor plugin's. The
+# torchvision/torchaudio it drags in do not load beside the CPU torch, and text models need neither.
+$(VLLM_VENV)/bin/.installed: envs/vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -r envs/vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# Coding-agent CLIs run inside the sandbox (pinned in envs/agents/package-lock.json; `npm ci` would
+# reject the lock file, which holds only this platform's optional binary package).
+AGENT_CLIS := envs/agents/node_modules/.installed
+$(AGENT_CLIS): envs/agents/package.json envs/agents/package-lock.json
+	@if command -v npm >/dev/null; then cd envs/agents && npm install --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "make install: npm not found; the coding-agent CLIs (envs/agents) are not installed" >&2; fi
+
+install: system $(BIN)/.installed $(VLLM_VENV)/bin/.installed $(AGENT_CLIS)
 
 run: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/default --cores $(CORES) $(SNAKEMAKE_ARGS)

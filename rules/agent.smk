@@ -1,6 +1,6 @@
-# One agent run per cell, under the time budget; final_model/ is collected even after a timeout.
-# Only run.json and trace.jsonl are declared: a run that leaves no checkpoint is a recorded
-# outcome (status no_checkpoint), not a failed job.
+# One agent run per cell, in the configured sandbox, under the time budget; final_model/ is
+# collected even after a timeout. Only run.json and trace.jsonl are declared: a run that leaves
+# no checkpoint is a recorded outcome (status no_checkpoint), not a failed job.
 
 
 rule run_agent:
@@ -21,5 +21,6 @@ rule run_agent:
     params:
         spec=lambda wc: agent_spec(config, wc.agent),
         budget=config["budget"],
+        sandbox=config["sandbox"],
     script:
         "../scripts/run_agent.py"

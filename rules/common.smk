@@ -59,6 +59,11 @@ def agent_inputs(wildcards):
         inputs["instruct_model"] = f"resources/models/{wildcards.model}/instruct"
     if spec.get("recipe") == "sft":
         inputs["train_data"] = f"resources/datasets/{spec['sft']['train_data']}.jsonl"
+    # The evaluation helper offered to non-builtin agents copies a few staged test items.
+    if spec["type"] != "builtin" and config["sandbox"]["eval_helper"]["enabled"]:
+        inputs["benchmark_test"] = (
+            f"resources/benchmarks/{wildcards.benchmark}/test.jsonl"
+        )
     return inputs
 
 

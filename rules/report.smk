@@ -5,12 +5,14 @@ rule leaderboard:
     input:
         evals=cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
         verdicts=cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        runs=cell_paths("results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json"),
     output:
         csv="results/leaderboard.csv",
         cells="results/cells.csv",
         weights="results/leaderboard.weights.json",
         bar="results/plots/leaderboard.png",
         heatmap="results/plots/heatmap.png",
+        time_utilisation="results/plots/time_utilisation.png",
     log:
         "logs/report/leaderboard.log",
     localrule: True

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from posttrainbench.cli import write_leaderboard
+from posttrainbench.plots import write_time_utilisation
 from posttrainbench.workflow import logged
 
 with logged(snakemake):
@@ -15,3 +16,4 @@ with logged(snakemake):
         cells_csv=Path(snakemake.output.cells),
         eval_files=[Path(p) for p in snakemake.input.evals],
     )
+    write_time_utilisation(out, [Path(p) for p in snakemake.input.runs], Path(snakemake.output.time_utilisation))

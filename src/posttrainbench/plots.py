@@ -1,4 +1,5 @@
-"""Leaderboard figures: a bar chart with per-seed error bars, and an agent x benchmark heatmap."""
+"""Leaderboard figures: a bar chart with per-seed error bars, an agent x benchmark heatmap, and the
+time utilisation (fraction of the budget used vs score, with the Pareto frontier)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,62 @@ def write_plots(board: pd.DataFrame, benchmarks: list[str], out_dir: Path, weigh
     plot_leaderboard(board, paths[0], weights_source)
     plot_heatmap(board, benchmarks, paths[1])
     return paths
+
+
+# ---- time utilisation ------------------------------------------------------------------------------------------
+
+
+def time_utilisation(board: pd.DataFrame, run_records: list[dict]) -> pd.DataFrame:
+    """Per agent: mean fraction of the time budget its runs used (``run.json`` ``budget_fraction``),
+    its headline score, and whether it is on the Pareto frontier (no other agent scores at least
+    as high with no more of the budget, and strictly better in one of the two). The reference rows
+    (base, instruct) are plotted but take no part in the frontier."""
+    runs = pd.DataFrame([{"agent": r["agent"], "budget_fraction": r.get("budget_fraction")} for r in run_records])
+    if runs.empty:
+        return pd.DataFrame(columns=["agent", "budget_fraction", "n_runs", "score", "reference", "pareto"])
+    runs = runs.dropna(subset=["budget_fraction"])
+    used = runs.groupby("agent").budget_fraction.agg(["mean", "size"]).rename(
+        columns={"mean": "budget_fraction", "size": "n_runs"}).reset_index()
+    table = used.merge(board[["agent", "score", "reference"]], on="agent", how="inner")
+    fractions, scores = table.budget_fraction.to_numpy(), table.score.to_numpy()
+    agents = [i for i in range(len(table)) if not table.reference.iloc[i]]  # reference rows are not contenders
+    table["pareto"] = [
+        i in agents and not any((fractions[j] <= fractions[i] and scores[j] >= scores[i])
+                                and (fractions[j] < fractions[i] or scores[j] > scores[i]) for j in agents)
+        for i in range(len(table))
+    ]
+    return table.sort_values("budget_fraction").reset_index(drop=True)
+
+
+def plot_time_utilisation(table: pd.DataFrame, path: Path) -> None:
+    """Fraction of the time budget used vs headline score, one point per agent, Pareto frontier drawn."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for row in table.itertuples():
+        color = REFERENCE_COLOR if row.reference else AGENT_COLOR
+        ax.scatter(100 * row.budget_fraction, row.score, color=color, s=40, zorder=3,
+                   edgecolor="black" if row.pareto else "none")
+        ax.annotate(row.agent, (100 * row.budget_fraction, row.score), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    frontier = table[table.pareto].sort_values("budget_fraction")
+    if len(frontier):
+        # A step line: each frontier agent's score holds until a later agent improves on it.
+        ax.step(100 * frontier.budget_fraction, frontier.score, where="post", color="#c0392b", lw=1.2,
+                label="Pareto frontier", zorder=2)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("Time budget used (% of wall-clock budget, mean over runs)")
+    ax.set_ylabel("Weighted average score (0-100)")
+    ax.set_xlim(0, max(105.0, float(100 * table.budget_fraction.max()) + 5) if len(table) else 105.0)
+    ax.set_title("Time utilisation vs score", fontsize=11)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def write_time_utilisation(leaderboard_csv: Path, run_files: list[Path], path: Path) -> pd.DataFrame:
+    """The time-utilisation plot from a leaderboard CSV and the cells' run.json files (missing ones skipped)."""
+    import json
+
+    board = pd.read_csv(leaderboard_csv)
+    records = [json.loads(Path(p).read_text()) for p in run_files if Path(p).is_file()]
+    table = time_utilisation(board, records)
+    plot_time_utilisation(table, Path(path))
+    return table

@@ -1,5 +1,8 @@
 """Run one cell's agent: fresh workspace, task prompt, sandboxed command under the budget,
-``final_model/`` collected (also after a timeout), and ``run.json`` written atomically."""
+``final_model/`` collected (also after a timeout), and ``run.json`` written atomically.
+
+Built-in agents and coding-agent CLIs take the same path: a command, an environment that holds
+only the agent's own key, and a :class:`~.sandbox.SandboxSpec` saying what it may see."""
 
 from __future__ import annotations
 
@@ -7,16 +10,24 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
 
 from .. import __version__
 from ..cells import Cell
 from ..io import atomic_write_json
-from .sandbox import INHERITED_ENV, TraceWriter, get_sandbox, now_iso
+from . import workspace as ws
+from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, Sandbox, SandboxError, SandboxSpec, TraceWriter,
+                      get_sandbox, now_iso)
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +36,6 @@ RUN_STATUSES = ("ok", "timeout", "error", "no_checkpoint", "invalid_checkpoint")
 
 class AgentNotRunnable(RuntimeError):
     """The configured agent cannot run with this installation (a clear, one-line reason)."""
-
-
-TASK_TEMPLATE = """\
-# Your task
-
-Post-train the base language model in `{base_model}` so that it scores as high as possible on
-the **{benchmark}** benchmark. Leave your final checkpoint, in Hugging Face format (config,
-safetensors weights, tokenizer with chat template), in `final_model/` inside this directory.
-
-- Time budget: {hours:g} hours of wall-clock time on {gpus} GPU(s). At the deadline your
-  processes are stopped; whatever is in `final_model/` then is evaluated.
-- Rules: do not train on any benchmark's test data; post-train only the given base model
-  (no other model's weights, including its instruct version); do not modify or work around the
-  evaluation; use no API or service the configuration forbids.
-- Your run is audited: training data, checkpoint provenance and your transcript are checked.
-"""
 
 
 def config_hash(config: dict) -> str:
@@ -59,10 +54,21 @@ def _archive_previous_attempt(run_dir: Path) -> None:
     log.warning("moved the previous attempt's %s to %s", ", ".join(p.name for p in leftovers), attempt)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+AGENT_CLI_BIN = PROJECT_ROOT / "envs" / "agents" / "node_modules" / ".bin"
+CLI_TYPES = ("claude-code", "codex", "gemini-cli", "opencode", "openai-compatible")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@lru_cache(maxsize=1)
+def adapters() -> dict:
+    """The coding-agent CLI adapters (``adapters.yaml``), keyed by agent type."""
+    return yaml.safe_load((Path(__file__).with_name("adapters.yaml")).read_text())
+
+
 def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruct_dir: Path | None,
-                    train_data: Path | None, workspace: Path) -> list[str]:
+                    train_data: Path | None, workspace: Path, python: str = sys.executable) -> list[str]:
     """The command a built-in agent runs inside its workspace."""
-    python = sys.executable
     out = workspace / "final_model"
     if recipe == "base":
         return [python, "-m", "posttrainbench.agents.submit", "--src", str(base_dir), "--dst", str(out)]
@@ -90,20 +96,73 @@ def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruc
     raise AgentNotRunnable(f"unknown built-in recipe {recipe!r}")
 
 
-def agent_command(spec: dict, cell: Cell, **paths) -> list[str]:
-    if spec["type"] == "builtin":
-        return builtin_command(spec["recipe"], spec, cell, workspace=paths["workspace"],
-                               base_dir=paths["base_dir"], instruct_dir=paths.get("instruct_dir"),
-                               train_data=paths.get("train_data"))
-    if spec["type"] == "command":
-        return list(spec["command"])
-    raise AgentNotRunnable(
-        f"agent '{cell.agent}' is of type '{spec['type']}': coding-agent CLIs run only inside an "
-        "isolating sandbox (apptainer or bubblewrap), which this installation does not provide yet"
-    )
+def _task_prompt(workspace: Path) -> str:
+    return (f"You are working in {workspace}. Read TASK.md there and carry out the task it describes, "
+            "without asking questions: nobody will answer. Finish by leaving your checkpoint in final_model/.")
 
 
-def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadline: float) -> dict[str, str]:
+def opencode_endpoint_config(spec: dict) -> str:
+    """OpenCode's inline config for an OpenAI-compatible endpoint (the open-weights agent)."""
+    key_env = spec.get("api_key_env")
+    provider = {
+        "npm": "@ai-sdk/openai-compatible",
+        "name": "OpenAI-compatible endpoint",
+        "options": {"baseURL": spec["base_url"], "apiKey": f"{{env:{key_env}}}" if key_env else "none"},
+        "models": {spec["model"]: {"name": spec["model"]}},
+    }
+    # The served context length bounds the CLI's requests (its max_tokens and when it compacts).
+    limits = {"context": spec.get("context_tokens"), "output": spec.get("max_output_tokens")}
+    if any(limits.values()):
+        provider["models"][spec["model"]]["limit"] = {k: v for k, v in limits.items() if v}
+    config = {"$schema": "https://opencode.ai/config.json", "autoupdate": False, "share": "disabled",
+              "provider": {"ptb-endpoint": provider}, "model": f"ptb-endpoint/{spec['model']}"}
+    return json.dumps(config)
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Fill the adapter's {placeholders}; other braces (JSON in an env value) stay as they are."""
+    return re.sub(r"\{([a-z_]+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def cli_command(spec: dict, cell: Cell, workspace: Path) -> tuple[list[str], dict[str, str], dict]:
+    """argv, extra environment (the agent's own keys included) and adapter of a CLI agent."""
+    adapter = adapters()[spec["type"]]
+    if spec["type"] == "openai-compatible" and not spec.get("base_url"):
+        raise AgentNotRunnable(f"config key 'agents.{cell.agent}.base_url' is required for type openai-compatible")
+    executable = AGENT_CLI_BIN / adapter["executable"]
+    if not executable.exists():
+        found = shutil.which(adapter["executable"])
+        if not found:
+            raise AgentNotRunnable(
+                f"agent '{cell.agent}' needs the '{adapter['executable']}' CLI: not in {AGENT_CLI_BIN} "
+                "(make install) nor on PATH")
+        executable = Path(found)
+    values = {
+        "prompt": _task_prompt(workspace), "model": spec["model"], "home": str(workspace),
+        "reasoning_effort": spec.get("reasoning_effort") or "", "base_url": spec.get("base_url") or "",
+    }
+    if spec["type"] == "openai-compatible":
+        values["opencode_endpoint_config"] = opencode_endpoint_config(spec)
+    argv = [str(executable)] + [_fill(a, values) for a in adapter["argv"]]
+    if spec.get("reasoning_effort") and adapter.get("effort_args"):
+        argv += [_fill(a, values) for a in adapter["effort_args"]]
+    argv += list(spec.get("extra_args", []))
+    env = {k: _fill(str(v), values) for k, v in (adapter.get("env") or {}).items()}
+    keys = list(adapter.get("keys") or [])
+    if adapter.get("api_key_env_required") and not spec.get("api_key_env"):
+        raise AgentNotRunnable(f"config key 'agents.{cell.agent}.api_key_env' must name the variable holding "
+                               f"the API key of model {spec['model']!r} (type {spec['type']})")
+    if spec.get("api_key_env"):
+        keys = [spec["api_key_env"]] + keys[1:]
+    missing = [k for k in keys if not os.environ.get(k)]
+    if missing:
+        raise AgentNotRunnable(f"agent '{cell.agent}' needs {', '.join(missing)} in the pipeline's environment")
+    env.update({k: os.environ[k] for k in keys})
+    return argv, env, adapter
+
+
+def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadline: float,
+               gpus: int) -> dict[str, str]:
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     env.update(
         PTB_WORKSPACE=str(workspace),
@@ -119,9 +178,80 @@ def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadli
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS=str(threads),
     )
+    # The GPU budget: none means none visible; otherwise the scheduler's assignment, or the first N.
+    if gpus <= 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     # The interpreter running the pipeline must find its own packages (a venv's site-packages).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])
     return env
+
+
+def _dig(event: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(event, dict):
+            return None
+        event = event.get(part)
+    return event
+
+
+def usage_from_trace(trace_path: Path, rule: dict | None) -> dict | None:
+    """Token usage and cost summed over the CLI's JSON events on stdout (None if it reports none)."""
+    if not rule or not trace_path.is_file():
+        return None
+    totals: dict[str, float] = {}
+    events = 0
+    for line in trace_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            if record.get("type") != "stdout" or not record.get("text", "").startswith("{"):
+                continue
+            event = json.loads(record["text"])
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if not isinstance(event, dict) or any(_dig(event, k) != v for k, v in rule.get("match", {}).items()):
+            continue
+        events += 1
+        for name in ("input_tokens", "output_tokens", "cost_usd"):
+            value = _dig(event, rule[name]) if rule.get(name) else None
+            if isinstance(value, (int, float)):
+                totals[name] = totals.get(name, 0) + value
+    if not events:
+        return None
+    return {"events": events, **{k: round(v, 6) if k == "cost_usd" else int(v) for k, v in totals.items()}}
+
+
+def _copy_transcripts(workspace: Path, patterns: list[str], dest: Path) -> list[str]:
+    copied = []
+    for pattern in patterns or []:
+        for path in sorted(workspace.glob(pattern)):
+            if path.is_file() and not path.is_symlink():
+                target = dest / path.relative_to(workspace)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(str(target.relative_to(dest.parent)))
+    return copied
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _forwards(spec: dict, network: str) -> list[tuple[str, int]]:
+    """An endpoint on the host's loopback, exposed inside the sandbox under the proxy policy."""
+    if network != "proxy" or not spec.get("base_url"):
+        return []
+    url = urlsplit(spec["base_url"])
+    if url.hostname in LOOPBACK:
+        return [(url.hostname if url.hostname != "localhost" else "127.0.0.1",
+                 url.port or (443 if url.scheme == "https" else 80))]
+    return []
 
 
 def run_cell(
@@ -133,76 +263,150 @@ def run_cell(
     instruct_dir: Path | None,
     train_data: Path | None,
     budget: dict,
-    sandbox_backend: str,
+    sandbox_backend: str = "none",
     threads: int,
     config: dict,
+    benchmark_dir: Path | None = None,
+    sandbox_config: dict | None = None,
 ) -> dict:
-    """Run the agent of ``cell`` and return (and write) its run record."""
+    """Run the agent of ``cell`` and return (and write) its run record.
+
+    ``sandbox_config`` is the config's ``sandbox`` section (backend, network, image,
+    allowed_hosts, eval_helper); ``sandbox_backend`` alone selects a backend with the defaults.
+    """
+    sandbox_config = dict(sandbox_config or {"backend": sandbox_backend})
+    network = sandbox_config.get("network", "open")
     # The agent's working directory is its workspace: every path it is given must be absolute.
     run_dir, base_dir = run_dir.resolve(), base_dir.resolve()
     instruct_dir = instruct_dir.resolve() if instruct_dir else None
     train_data = train_data.resolve() if train_data else None
+    benchmark_dir = benchmark_dir.resolve() if benchmark_dir else None
     run_dir.mkdir(parents=True, exist_ok=True)
     _archive_previous_attempt(run_dir)
     workspace = run_dir / "workspace"
     workspace.mkdir()
+    private = run_dir / ".sandbox"  # the pipeline's scratch for this run; never visible inside
+    shutil.rmtree(private, ignore_errors=True)
+    private.mkdir()
     hours = float(budget["hours"])
-    (workspace / "TASK.md").write_text(
-        TASK_TEMPLATE.format(base_model=base_dir, benchmark=cell.benchmark, hours=hours, gpus=budget["gpus"])
-    )
-    sandbox = get_sandbox(sandbox_backend)
-    if sandbox.name == "none":
+    gpus = int(budget["gpus"])
+    timeout = hours * 3600
+    deadline = time.time() + timeout
+
+    sandbox: Sandbox = get_sandbox(sandbox_config.get("backend", "none"), image=sandbox_config.get("image"))
+    if not sandbox.isolating:
         log.warning("SANDBOX DISABLED: agent '%s' runs as a plain subprocess (development only)", cell.agent)
+    if spec["type"] in CLI_TYPES and not sandbox.isolating:
+        raise AgentNotRunnable(
+            f"agent '{cell.agent}' is of type '{spec['type']}': coding-agent CLIs run only inside an "
+            "isolating sandbox (config key 'sandbox.backend': auto, bubblewrap or apptainer)")
+
+    helper_cfg = sandbox_config.get("eval_helper", {"enabled": True, "limit": 20})
+    helper = None
+    if helper_cfg.get("enabled", True) and benchmark_dir is not None and spec["type"] != "builtin":
+        helper = ws.install_eval_helper(workspace, cell.benchmark, benchmark_dir,
+                                        limit=int(helper_cfg.get("limit", 20)),
+                                        evaluation=config.get("evaluation", {}))
+    ws.write_task(workspace, base_model=base_dir, benchmark=cell.benchmark, hours=hours, gpus=gpus,
+                  deadline=int(deadline), grace=budget["grace_seconds"], network=network, helper=helper)
+    for source in spec.get("files", []):  # a command agent's own program: copied, never bound
+        source = Path(source)
+        if not source.exists():
+            raise AgentNotRunnable(f"config key 'agents.{cell.agent}.files' names {source}, which does not exist")
+        copy = shutil.copytree if source.is_dir() else shutil.copy2
+        copy(source, workspace / source.name)
+    helper_root = workspace / ws.HELPER_DIR
+    harness_manifest = ws.manifest(helper_root, workspace)
+
     trace_path = run_dir / "trace.jsonl"
     trace_path.unlink(missing_ok=True)
     trace = TraceWriter(trace_path)
     record: dict = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
-        "agent_type": spec["type"], "recipe": spec.get("recipe"), "sandbox": sandbox.name,
-        "budget_hours": hours, "gpus": budget["gpus"], "grace_seconds": budget["grace_seconds"],
-        "pipeline_version": __version__, "config_sha256": config_hash(config),
+        "agent_type": spec["type"], "recipe": spec.get("recipe"), "agent_model": spec.get("model"),
+        "sandbox": sandbox.name, "network": network, "image": getattr(sandbox, "image", None),
+        "budget_hours": hours, "gpus": gpus, "grace_seconds": budget["grace_seconds"],
+        "pipeline_version": __version__, "commit": _git_commit(), "config_sha256": config_hash(config),
+        "harness_manifest": harness_manifest,
     }
+    env = _agent_env(workspace, threads, cell, base_dir, deadline, gpus)
+    box = SandboxSpec(workspace=workspace, network=network, gpus=gpus, private_dir=private,
+                      read_only=[p for p in (base_dir, instruct_dir, train_data) if p is not None],
+                      allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network))
+    if sandbox.isolating:
+        box.mapped[TOOLS_MOUNT] = ws.install_tools(private / "tools")
+        env["PYTHONPATH"] = f"{TOOLS_MOUNT}/python"
+    adapter: dict = {}
+    outcome = None
     try:
-        command = agent_command(spec, cell, workspace=workspace, base_dir=base_dir,
-                                instruct_dir=instruct_dir, train_data=train_data)
-        outcome = sandbox.run(
-            command, workspace=workspace,
-            env=_agent_env(workspace, threads, cell, base_dir, time.time() + hours * 3600),
-            timeout_seconds=hours * 3600, grace_seconds=budget["grace_seconds"], trace=trace,
-        )
+        try:
+            if spec["type"] == "builtin":
+                command = builtin_command(spec["recipe"], spec, cell, base_dir=base_dir, instruct_dir=instruct_dir,
+                                          train_data=train_data, workspace=workspace, python=sandbox.python)
+            elif spec["type"] == "command":
+                command = list(spec["command"])
+            else:
+                command, extra_env, adapter = cli_command(spec, cell, workspace)
+                env.update(extra_env)
+                if AGENT_CLI_BIN.is_dir():
+                    box.read_only.append(AGENT_CLI_BIN.parent.resolve())
+                    env["PATH"] = os.pathsep.join([str(AGENT_CLI_BIN), env["PATH"]])
+            outcome = sandbox.run(command, workspace=workspace, env=env, timeout_seconds=timeout,
+                                  grace_seconds=budget["grace_seconds"], trace=trace, spec=box)
+        except (AgentNotRunnable, SandboxError) as exc:
+            trace.event("not_runnable", error=str(exc))
+            raise
     finally:
         trace.close()
-    final_model = _collect_checkpoint(workspace, run_dir)
+        shutil.rmtree(private, ignore_errors=True)  # tools, sockets, the env file with the agent's key
+
+    final_model, checkpoint_problem = _collect_checkpoint(workspace, run_dir)
     # Whatever is in final_model/ is evaluated, whatever the status says about how the run ended.
     if outcome.timed_out:
         status = "timeout"
     elif outcome.exit_code != 0:
         status = "error"
     elif final_model is None:
-        status = "no_checkpoint"
+        status = "invalid_checkpoint" if (workspace / "final_model").exists() else "no_checkpoint"
     else:
         status = "ok"
+    reason = None
+    if final_model is None:
+        reason = f"{checkpoint_problem}: the cell scores as the base model"
     record.update(
         status=status,
+        reason=reason,
         started=outcome.started,
         ended=outcome.ended,
         wall_seconds=outcome.wall_seconds,
-        budget_fraction=round(outcome.wall_seconds / (hours * 3600), 4),
+        budget_fraction=round(outcome.wall_seconds / timeout, 4),
         exit_code=outcome.exit_code,
         timed_out=outcome.timed_out,
-        gpu_hours=round(outcome.wall_seconds / 3600 * budget["gpus"], 4),
+        gpu_hours=round(outcome.wall_seconds / 3600 * gpus, 4),
         final_model=str(final_model) if final_model else None,
+        harness_manifest_after=ws.manifest(helper_root, workspace),
+        egress=[f"{e['host']}:{e['port']}" for e in outcome.egress] if outcome.egress is not None else None,
+        egress_detail=outcome.egress,
+        usage=usage_from_trace(trace_path, adapter.get("usage")),
+        transcripts=_copy_transcripts(workspace, adapter.get("transcript", []), run_dir / "transcript"),
         recorded=now_iso(),
     )
     atomic_write_json(run_dir / "run.json", record)
     return record
 
 
-def _collect_checkpoint(workspace: Path, run_dir: Path) -> Path | None:
-    """Move ``workspace/final_model`` to the cell's ``final_model`` (one rename), if there is one."""
+def _collect_checkpoint(workspace: Path, run_dir: Path) -> tuple[Path | None, str | None]:
+    """Move ``workspace/final_model`` to the cell's ``final_model`` (one rename), if it is usable.
+
+    Returns the collected path, or None and why not. A folder without ``config.json`` or weights
+    is left in the workspace (for the judge to look at) and reported as invalid.
+    """
     produced = workspace / "final_model"
-    if not produced.is_dir() or not any(produced.iterdir()):
-        return None
+    if not produced.is_dir() or produced.is_symlink() or not any(produced.iterdir()):
+        return None, "no final_model/ was left in the workspace"
+    weights = [p for p in produced.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not (produced / "config.json").is_file() or not weights:
+        return None, "final_model/ has no config.json or no weights (*.safetensors, *.bin)"
     target = run_dir / "final_model"
     os.replace(produced, target)
-    return target
+    return target, None

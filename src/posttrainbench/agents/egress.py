@@ -1,0 +1,227 @@
+"""The host side of the ``proxy`` network policy: a small logging egress gateway.
+
+The sandbox has its own, empty network namespace. The gateway listens on Unix sockets in a
+directory that the sandbox binds in; :mod:`netrelay` inside the sandbox exposes them as loopback
+TCP ports. Two kinds of socket:
+
+* ``proxy.sock``: an HTTP proxy (``CONNECT host:port`` for TLS, absolute-URI requests for plain
+  HTTP). The agent reaches it through ``HTTP_PROXY``/``HTTPS_PROXY``.
+* ``forward-<port>.sock``: a plain TCP forward to one fixed host endpoint (an OpenAI-compatible
+  model server on the host's loopback), exposed inside at the same address, so a client needs
+  no proxy support to reach it.
+
+Every connection is written to the trace (``egress`` events) and its host is kept for the run
+record. With an allow-list (``sandbox.allowed_hosts``, shell patterns), other hosts are refused
+(HTTP 403) and recorded as denied. The host's own and private addresses are refused through the
+proxy unless listed: a service on the host is reached only through an explicit forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import socket
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from .sandbox import TraceWriter
+
+PROXY_SOCKET = "proxy.sock"
+_MAX_HEADER = 64 * 1024
+
+
+def _is_local(host: str) -> bool:
+    """Loopback, link-local, private or unspecified addresses, and the host's own names."""
+    if host.lower() in ("localhost", "localhost.localdomain", socket.gethostname().lower()):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
+
+
+async def _resolves_local(host: str, port: int) -> bool:
+    """A name that resolves to a local address counts as local (no detour through DNS)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return any(_is_local(info[4][0]) for info in infos)
+
+
+def forward_socket_name(port: int) -> str:
+    return f"forward-{port}.sock"
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
+async def _splice(a: tuple, b: tuple) -> None:
+    await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
+
+
+def _split_host_port(authority: str, default_port: int) -> tuple[str, int]:
+    if authority.startswith("["):  # [v6]:port
+        host, _, rest = authority[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return authority, default_port
+
+
+class EgressGateway:
+    """Unix-socket HTTP proxy and TCP forwards for one sandboxed run, served from a thread."""
+
+    def __init__(self, socket_dir: Path, trace: TraceWriter, *, forwards: Iterable[tuple[str, int]] = (),
+                 allowed_hosts: Iterable[str] | None = None):
+        self.socket_dir = Path(socket_dir)
+        self.trace = trace
+        self.forwards = list(forwards)
+        self.allowed_hosts = list(allowed_hosts) if allowed_hosts is not None else None
+        self.hosts: dict[str, dict] = {}  # "host:port" -> {"connections": n, "denied": n}
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    async def _allowed(self, host: str, port: int) -> bool:
+        listed = self.allowed_hosts is not None and any(fnmatch.fnmatch(host, p) for p in self.allowed_hosts)
+        if _is_local(host) or await _resolves_local(host, port):
+            return listed  # the host's own services are reachable only when named (or forwarded)
+        return self.allowed_hosts is None or listed
+
+    def _record(self, host: str, port: int, via: str, allowed: bool, detail: str = "") -> None:
+        key = f"{host}:{port}"
+        entry = self.hosts.setdefault(key, {"host": host, "port": port, "connections": 0, "denied": 0})
+        entry["connections" if allowed else "denied"] += 1
+        self.trace.event("egress", host=host, port=port, via=via, allowed=allowed, detail=detail)
+
+    def summary(self) -> list[dict]:
+        return list(self.hosts.values())
+
+    # ---- servers --------------------------------------------------------------------------------
+    async def _forward(self, reader, writer, host: str, port: int) -> None:
+        self._record(host, port, "forward", True)
+        try:
+            upstream = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            self.trace.event("egress_error", host=host, port=port, error=str(exc))
+            writer.close()
+            return
+        await _splice((reader, writer), upstream)
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        request_line, _, rest = head.partition(b"\r\n")
+        try:
+            method, target, version = request_line.decode("latin-1").split(" ", 2)
+        except ValueError:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        if method.upper() == "CONNECT":
+            host, port = _split_host_port(target, 443)
+            path = None
+        else:
+            scheme, sep, remainder = target.partition("://")
+            if not sep or scheme.lower() != "http":
+                writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                writer.close()
+                return
+            authority, slash, path = remainder.partition("/")
+            host, port = _split_host_port(authority, 80)
+            path = slash + path or "/"
+        allowed = await self._allowed(host, port)
+        self._record(host, port, "proxy", allowed, detail=f"{method} {target}"[:300])
+        if not allowed:
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nhost not allowed by the network policy\n")
+            await writer.drain()
+            writer.close()
+            return
+        try:
+            upstream = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            self.trace.event("egress_error", host=host, port=port, error=str(exc))
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        if path is None:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+        else:
+            # Plain HTTP: send the request on in origin form. One request per connection.
+            upstream[1].write(f"{method} {path} {version}\r\n".encode("latin-1") + rest)
+        await _splice((reader, writer), upstream)
+
+    async def _start(self) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        proxy_path = self.socket_dir / PROXY_SOCKET
+        proxy_path.unlink(missing_ok=True)
+        self._servers.append(await asyncio.start_unix_server(self._proxy, path=str(proxy_path), limit=_MAX_HEADER))
+        for host, port in self.forwards:
+            path = self.socket_dir / forward_socket_name(port)
+            path.unlink(missing_ok=True)
+
+            async def handler(r, w, host=host, port=port):
+                await self._forward(r, w, host, port)
+
+            self._servers.append(await asyncio.start_unix_server(handler, path=str(path)))
+        for path in self.socket_dir.iterdir():
+            path.chmod(0o666)  # any user id the sandbox maps to may connect
+
+    def start(self) -> "EgressGateway":
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the caller below
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="egress-gateway", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            for server in self._servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._thread = None
