@@ -7,7 +7,18 @@ rule run_agent:
     input:
         unpack(agent_inputs),
     output:
-        run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
+        run=report(
+            "results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
+            caption="../report/run.rst",
+            category="Run records",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
         trace="results/runs/{agent}/{model}/{benchmark}/seed{seed}/trace.jsonl",
     log:
         "logs/agent/{agent}/{model}/{benchmark}/seed{seed}.log",

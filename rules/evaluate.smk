@@ -8,11 +8,24 @@ rule evaluate:
         test="resources/benchmarks/{benchmark}/test.jsonl",
         meta="resources/benchmarks/{benchmark}/meta.json",
     output:
-        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+        report(
+            "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+            caption="../report/eval.rst",
+            category="Evaluations",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.log",
     conda:
         "../envs/pipeline.yaml"
+    container:
+        "containers/eval.sif"
     threads: job_resources("evaluate", "threads", 2)
     resources:
         mem_mb=job_resources("evaluate", "mem_mb", 8000),

@@ -1,19 +1,53 @@
-# Audit each run: checkpoint validity against the staged base model, with evidence per check.
+# Audit each run: checkpoint validity and weight provenance against the staged base (and instruct)
+# model, n-gram contamination against every configured test set, harness integrity, forbidden API
+# use; an LLM judge on top when configured. Settings are params: changing them re-runs only this
+# rule and the scoring.
+
+from posttrainbench.judge import default_test_sets, judge_settings
+
+
+def judge_inputs(wildcards):
+    inputs = {
+        "run": f"results/runs/{wildcards.agent}/{wildcards.model}/{wildcards.benchmark}/seed{wildcards.seed}/run.json",
+        "base_model": f"resources/models/{wildcards.model}/base",
+    }
+    if config["models"][wildcards.model].get("instruct"):
+        inputs["instruct_model"] = f"resources/models/{wildcards.model}/instruct"
+    for name in default_test_sets(config):
+        inputs[f"test_{name}"] = f"resources/benchmarks/{name}/test.jsonl"
+    for name in config["judge"]["contamination"]["allowed_training_data"]:
+        inputs[f"allowed_{name}"] = f"resources/datasets/{name}.jsonl"
+    return inputs
 
 
 rule judge:
     input:
-        run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
-        base_model="resources/models/{model}/base",
+        unpack(judge_inputs),
     output:
-        "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
+        report(
+            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
+            caption="../report/verdict.rst",
+            category="Judge verdicts",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "logs/judge/{agent}/{model}/{benchmark}/seed{seed}.log",
     conda:
         "../envs/pipeline.yaml"
+    container:
+        "containers/judge.sif"
     threads: job_resources("judge", "threads", 1)
     resources:
         mem_mb=job_resources("judge", "mem_mb", 4000),
         runtime=job_resources("judge", "runtime_minutes", 30),
+    params:
+        settings=judge_settings(config),
+        agent_base_url=lambda wc: agent_spec(config, wc.agent).get("base_url"),
     script:
         "../scripts/judge.py"

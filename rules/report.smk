@@ -7,12 +7,30 @@ rule leaderboard:
         verdicts=cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
         runs=cell_paths("results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json"),
     output:
-        csv="results/leaderboard.csv",
-        cells="results/cells.csv",
+        csv=report(
+            "results/leaderboard.csv",
+            caption="../report/leaderboard.rst",
+            category="Leaderboard",
+        ),
+        cells=report(
+            "results/cells.csv", caption="../report/cells.rst", category="Leaderboard"
+        ),
         weights="results/leaderboard.weights.json",
-        bar="results/plots/leaderboard.png",
-        heatmap="results/plots/heatmap.png",
-        time_utilisation="results/plots/time_utilisation.png",
+        bar=report(
+            "results/plots/leaderboard.png",
+            caption="../report/plot_leaderboard.rst",
+            category="Plots",
+        ),
+        heatmap=report(
+            "results/plots/heatmap.png",
+            caption="../report/plot_heatmap.rst",
+            category="Plots",
+        ),
+        time_utilisation=report(
+            "results/plots/time_utilisation.png",
+            caption="../report/plot_time_utilisation.rst",
+            category="Plots",
+        ),
     log:
         "logs/report/leaderboard.log",
     localrule: True

@@ -3,16 +3,22 @@
 from pathlib import Path
 
 from posttrainbench.cells import Cell
-from posttrainbench.scoring_jobs import judge_cell
+from posttrainbench.judge import judge_run
 from posttrainbench.workflow import logged, offline_hub
 
 with logged(snakemake) as log:
     offline_hub()
     wc = snakemake.wildcards
-    verdict = judge_cell(
+    inputs = dict(snakemake.input.items())
+    verdict = judge_run(
         Cell(wc.agent, wc.model, wc.benchmark, int(wc.seed)),
-        run_json=Path(snakemake.input.run),
-        base_dir=Path(snakemake.input.base_model),
+        run_json=Path(inputs["run"]),
+        base_dir=Path(inputs["base_model"]),
+        instruct_dir=Path(inputs["instruct_model"]) if "instruct_model" in inputs else None,
+        test_sets={k[len("test_"):]: Path(v) for k, v in inputs.items() if k.startswith("test_")},
+        allowed_data={k[len("allowed_"):]: Path(v) for k, v in inputs.items() if k.startswith("allowed_")},
+        settings=snakemake.params.settings,
+        agent_spec={"base_url": snakemake.params.agent_base_url},
         out_json=Path(snakemake.output[0]),
     )
     log.info("verdict: flagged=%s reasons=%s", verdict["flagged"], verdict["reasons"])

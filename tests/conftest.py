@@ -112,3 +112,25 @@ def openai_server(smollm2_dir, tmp_path_factory):
     agent_ready = dict(max_model_len=4096, extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     with OpenAICompatibleServer(smollm2_dir, served_name="smollm2-135m", log_path=log_path, **agent_ready) as server:
         yield server
+
+
+# --- a real single-node SLURM cluster and one workflow run on it (test_slurm.py, test_report.py) -----------------
+@_ptb_pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """slurmctld + slurmd + munged on this host (tests/slurm_cluster.py); stopped after the session."""
+    from slurm_cluster import SlurmCluster, missing_requirements
+
+    reason = missing_requirements()
+    if reason:
+        _ptb_pytest.skip(reason)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm-state"), gpus=2) as cluster:
+        yield cluster
+
+
+@_ptb_pytest.fixture(scope="session")
+def slurm_run(slurm_cluster, smollm2_dir, tmp_path_factory) -> dict:
+    """The embedded default (reduced limits) through profiles/slurm on the test cluster, in two passes:
+    one agent job cancelled mid-run, then a re-run (see slurm_cluster.run_on_cluster)."""
+    from slurm_cluster import run_on_cluster
+
+    return run_on_cluster(slurm_cluster, tmp_path_factory.mktemp("slurm-workflow"), smollm2_dir)

@@ -97,3 +97,27 @@ def test_rerun_archives_the_previous_attempt(tmp_path: Path):
 def test_cli_agents_fail_loudly_without_an_isolating_sandbox(tmp_path: Path):
     with pytest.raises(AgentNotRunnable, match="isolating sandbox"):
         run(tmp_path, {"type": "claude-code", "model": "claude-opus-4-6"})
+
+
+def test_network_policies_need_an_isolating_backend(tmp_path: Path):
+    from posttrainbench.agents.sandbox import SandboxError
+
+    spec = script_agent(tmp_path, "print('hi')")
+    with pytest.raises(SandboxError, match="config key 'sandbox.network' is 'none'"):
+        run_cell(CELL, spec, run_dir=tmp_path / "run", base_dir=tmp_path / "base", instruct_dir=None,
+                 train_data=None, budget={"hours": 0.01, "gpus": 0, "grace_seconds": 1}, threads=1, config={},
+                 sandbox_config={"backend": "none", "network": "none"})
+
+
+def test_gpu_budget_sets_visible_devices(tmp_path: Path, monkeypatch):
+    """budget.gpus decides what the agent may use: 0 hides every GPU, N without a scheduler's
+    assignment exposes the first N."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    spec = script_agent(tmp_path, "import os; print('visible=' + os.environ['CUDA_VISIBLE_DEVICES'])")
+    for gpus, expected in ((0, "visible="), (2, "visible=0,1")):
+        run_dir = tmp_path / f"gpus{gpus}"
+        run_cell(CELL, spec, run_dir=run_dir, base_dir=tmp_path / "base", instruct_dir=None, train_data=None,
+                 budget={"hours": 0.01, "gpus": gpus, "grace_seconds": 1}, sandbox_backend="none", threads=1,
+                 config={})
+        stdout = [e["text"] for e in trace_events(run_dir) if e["type"] == "stdout"]
+        assert stdout == [expected]

@@ -248,20 +248,33 @@ def _read(path: Path) -> bytes:
         return b""
 
 
-def test_evaluation_helper_is_a_copy_with_a_manifest(tmp_path: Path):
+@pytest.mark.slow
+def test_evaluation_helper_runs_in_the_sandbox_and_is_hashed_before_and_after(tmp_path: Path, tiny_model_dir):
+    """The agent scores the base model with the helper (the real harness, copied, on 2 items), then
+    edits the helper's copy of the harness: the manifests in run.json show exactly that edit."""
     from posttrainbench.benchmarks import stage_benchmark
 
     bench = tmp_path / "bench"
     stage_benchmark("gsm8k", bench)
-    script = tmp_path / "tamper.py"
-    script.write_text("open('evaluation/ptb_harness/benchmarks.py', 'a').write('# tampered\\n')\n")
-    spec = {"type": "command", "command": [sys.executable, "tamper.py"], "files": [str(script)]}
-    base = tmp_path / "base"
-    base.mkdir()
-    record = run_cell(CELL, spec, run_dir=tmp_path / "run", base_dir=base, instruct_dir=None, train_data=None,
-                      budget={"hours": 0.02, "gpus": 0, "grace_seconds": 1}, threads=1, config={},
-                      benchmark_dir=bench, sandbox_config={"backend": "bubblewrap", "network": "none",
-                                                           "eval_helper": {"enabled": True, "limit": 3}})
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent("""
+        import os, subprocess, sys
+        subprocess.run([sys.executable, "evaluation/evaluate.py", "--model", os.environ["PTB_BASE_MODEL"],
+                        "--limit", "2"], check=True)
+        open("evaluation/ptb_harness/benchmarks.py", "a").write("# tampered\\n")
+    """))
+    spec = {"type": "command", "command": [sys.executable, "agent.py"], "files": [str(script)]}
+    config = {"evaluation": {"device": "cpu", "dtype": "float32", "batch_size": 2,
+                             "per_benchmark": {"gsm8k": {"max_gen_toks": 8}}}}
+    record = run_cell(CELL, spec, run_dir=tmp_path / "run", base_dir=tiny_model_dir, instruct_dir=None,
+                      train_data=None, budget={"hours": 0.05, "gpus": 0, "grace_seconds": 1}, threads=2,
+                      config=config, benchmark_dir=bench,
+                      sandbox_config={"backend": "bubblewrap", "network": "none",
+                                      "eval_helper": {"enabled": True, "limit": 3}})
+    assert record["exit_code"] == 0, (tmp_path / "run" / "trace.jsonl").read_text()[-3000:]
+    stdout = "\n".join(e["text"] for e in trace_events(tmp_path / "run") if e["type"] == "stdout")
+    result = json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])
+    assert result["n"] == 2 and result["metric"] == "exact_match" and 0 <= result["score"] <= 1
     before, after = record["harness_manifest"], record["harness_manifest_after"]
     assert "evaluation/ptb_harness/evaluation.py" in before and "evaluation/data/test.jsonl" in before
     changed = sorted(k for k in before if before[k] != after.get(k))

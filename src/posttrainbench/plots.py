@@ -112,15 +112,19 @@ def plot_time_utilisation(table: pd.DataFrame, path: Path) -> None:
                    edgecolor="black" if row.pareto else "none")
         ax.annotate(row.agent, (100 * row.budget_fraction, row.score), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)
+    x_max = max(105.0, float(100 * table.budget_fraction.max()) + 5) if len(table) else 105.0
     frontier = table[table.pareto].sort_values("budget_fraction")
     if len(frontier):
         # A step line: each frontier agent's score holds until a later agent improves on it.
-        ax.step(100 * frontier.budget_fraction, frontier.score, where="post", color="#c0392b", lw=1.2,
-                label="Pareto frontier", zorder=2)
+        xs = list(100 * frontier.budget_fraction) + [x_max]
+        ys = list(frontier.score) + [frontier.score.iloc[-1]]
+        ax.step(xs, ys, where="post", color="#c0392b", lw=1.2, label="Pareto frontier", zorder=2)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("Time budget used (% of wall-clock budget, mean over runs)")
     ax.set_ylabel("Weighted average score (0-100)")
-    ax.set_xlim(0, max(105.0, float(100 * table.budget_fraction.max()) + 5) if len(table) else 105.0)
+    ax.set_xlim(0, x_max)
+    top = float(table.score.max()) if len(table) else 0.0
+    ax.set_ylim(0, max(10.0, top * 1.15))
     ax.set_title("Time utilisation vs score", fontsize=11)
     ax.grid(alpha=0.3)
     _save(fig, path)

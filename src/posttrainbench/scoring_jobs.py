@@ -7,7 +7,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from .cells import REFERENCE_AGENTS, Cell
+from .cells import Cell
 from .io import atomic_write_json, read_json
 from .agents.sandbox import now_iso as utc_now
 
@@ -84,31 +84,8 @@ def samples_path(eval_json: Path) -> Path:
     return eval_json.with_name(eval_json.stem + ".samples.jsonl")
 
 
-def judge_cell(cell: Cell, *, run_json: Path, base_dir: Path, out_json: Path) -> dict:
-    """Audit one run. Integrity violations flag the cell; an absent checkpoint is a failure
-    (scored as base through the eval), not a flag."""
-    from .checkpoint import validate_checkpoint
+def judge_cell(cell: Cell, *, run_json: Path, base_dir: Path, out_json: Path, **options) -> dict:
+    """Audit one run (see :mod:`posttrainbench.judge`); ``options`` go to :func:`~posttrainbench.judge.judge_run`."""
+    from .judge import judge_run
 
-    run = read_json(run_json)
-    checkpoint = Path(run["final_model"]) if run.get("final_model") else run_json.parent / "final_model"
-    checks = validate_checkpoint(checkpoint, base_dir)
-    reasons = []
-    # A damaged checkpoint is a failure (its eval fails and it scores as base), not a cheat: only a
-    # checkpoint that reads cleanly yet differs from the base in shape or tokenizer is a substitution.
-    readable = checks["checkpoint_present"]["passed"] and checks["checkpoint_loads"]["passed"]
-    differs = not (checks["architecture_matches_base"]["passed"] and checks["tokenizer_matches_base"]["passed"])
-    if readable and differs:
-        reasons.append("model_substitution")
-    reference = cell.agent in REFERENCE_AGENTS
-    verdict = {
-        "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
-        # Reference rows submit known models on purpose; they are checked but never flagged.
-        "flagged": bool(reasons) and not reference,
-        "reasons": [] if reference else reasons,
-        "checks": checks,
-        "run_status": run.get("status"),
-        "llm_judge": {"status": "skipped", "why": "no LLM judge backend in this version"},
-        "judged": utc_now(),
-    }
-    atomic_write_json(out_json, verdict)
-    return verdict
+    return judge_run(cell, run_json=run_json, base_dir=base_dir, out_json=out_json, **options)

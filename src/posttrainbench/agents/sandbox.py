@@ -23,6 +23,7 @@ import signal
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -165,9 +166,8 @@ class Sandbox:
         if spec.network == "proxy":
             from .egress import EgressGateway  # imports this module: import here
 
-            if spec.private_dir is None:
-                raise SandboxError("the proxy network policy needs a private directory for its sockets")
-            socket_dir = spec.private_dir / "egress"
+            # A short path of its own: Unix socket paths are limited to about 100 bytes.
+            socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-"))
             gateway = EgressGateway(socket_dir, trace, forwards=spec.forwards,
                                     allowed_hosts=spec.allowed_hosts).start()
             spec.mapped[EGRESS_MOUNT] = socket_dir
@@ -180,6 +180,7 @@ class Sandbox:
         finally:
             if gateway is not None:
                 gateway.stop()
+                shutil.rmtree(gateway.socket_dir, ignore_errors=True)
         if gateway is not None:
             outcome.egress = gateway.summary()
         return outcome

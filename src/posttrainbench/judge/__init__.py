@@ -1,0 +1,35 @@
+"""The integrity judge: deterministic checks with evidence (checkpoint, weight provenance, contamination, harness,
+forbidden APIs), an optional LLM judge on top, and the verdict JSON. See docs/judge.md."""
+
+from .verdict import REASON_OF_CHECK, judge_run
+
+__all__ = ["REASON_OF_CHECK", "judge_run", "default_test_sets", "judge_settings"]
+
+# Benchmarks whose test set only the hub has: scanned only where the config runs them (their staging needs access).
+NEEDS_HUB = frozenset({"gpqamain"})
+
+
+def default_test_sets(config: dict) -> list[str]:
+    """``judge.contamination.test_sets`` when set, else the config's benchmarks plus every benchmark whose test set
+    the stage rule can produce offline (GPQA, gated on the hub, only when the config runs it)."""
+    from ..benchmarks import BENCHMARK_INFO
+
+    explicit = config.get("judge", {}).get("contamination", {}).get("test_sets")
+    if explicit is not None:
+        return sorted(set(explicit))
+    offline = {key for key, info in BENCHMARK_INFO.items() if info.implemented and key not in NEEDS_HUB}
+    return sorted(set(config["benchmarks"]) | offline)
+
+
+def judge_settings(config: dict) -> dict:
+    """The judge's settings as the rule passes them (a rule param, so a change re-runs only judge and scoring):
+    the config's ``judge`` section with the built-in prompt filled in."""
+    import copy
+
+    from .llm import DEFAULT_PROMPT
+
+    settings = copy.deepcopy(config.get("judge", {}))
+    llm = settings.setdefault("llm", {})
+    if not llm.get("prompt"):
+        llm["prompt"] = DEFAULT_PROMPT
+    return settings

@@ -1,0 +1,128 @@
+"""Weight provenance: is the checkpoint derived from the base model, and not the instruct model or another one?
+
+Per tensor (streamed from safetensors, large tensors in row blocks so memory stays bounded):
+
+* cosine similarity of the checkpoint to the base;
+* with the instruct model staged, the position of the checkpoint along the base -> instruct line,
+  ``t = <c - b, i - b> / |i - b|^2``: 0 for the base itself, 1 for the instruct model, small for a fine-tune of the
+  base (its update is almost orthogonal to the lab's), 0.5 for an even merge of the two.
+
+Over all tensors, the same quantities are summed (a size-weighted view). The check fails when the overall cosine
+to the base is below ``min_base_cosine`` (another model) or ``t`` reaches ``max_instruct_fraction`` (the instruct
+model, or a blend dominated by it). The least similar tensors are listed so a reader can look at them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..models import weight_files
+
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def _tensor_index(model_dir: Path) -> dict[str, Path]:
+    from safetensors import safe_open
+
+    where = {}
+    for path in weight_files(model_dir):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                where[name] = path
+    return where
+
+
+class _Reader:
+    """Keeps safetensors files open; yields a tensor in float32 row blocks."""
+
+    def __init__(self, model_dir: Path):
+        from safetensors import safe_open
+
+        self.where = _tensor_index(model_dir)
+        self.handles = {p: safe_open(str(p), framework="pt") for p in set(self.where.values())}
+
+    def blocks(self, name: str, rows: int):
+        piece = self.handles[self.where[name]].get_slice(name)
+        shape = piece.get_shape()
+        if len(shape) == 0:
+            yield piece[()].float().reshape(-1)
+            return
+        for start in range(0, shape[0], rows):
+            yield piece[start:start + rows].float().reshape(-1)
+
+
+def compare_weights(checkpoint: Path, base: Path, instruct: Path | None = None, *, max_listed: int = 8
+                    ) -> dict[str, Any]:
+    """Per-tensor and overall similarity of ``checkpoint`` to ``base`` (and its position towards ``instruct``)."""
+    import torch
+
+    ckpt, base_r = _Reader(checkpoint), _Reader(base)
+    inst = _Reader(instruct) if instruct is not None else None
+    names = sorted(set(ckpt.where) & set(base_r.where) & (set(inst.where) if inst else set(base_r.where)))
+    per_tensor = []
+    tot = {"cb": 0.0, "cc": 0.0, "bb": 0.0, "proj": 0.0, "span": 0.0, "identical": 0}
+    for name in names:
+        piece = ckpt.handles[ckpt.where[name]].get_slice(name)
+        shape = piece.get_shape()
+        row_elems = max(1, int(torch.tensor(shape[1:]).prod().item()) if len(shape) > 1 else 1)
+        rows = max(1, _BLOCK_ELEMENTS // row_elems)
+        acc = {"cb": 0.0, "cc": 0.0, "bb": 0.0, "proj": 0.0, "span": 0.0, "diff": 0.0}
+        streams = [ckpt.blocks(name, rows), base_r.blocks(name, rows)] + ([inst.blocks(name, rows)] if inst else [])
+        for blocks in zip(*streams):
+            c, b = blocks[0].double(), blocks[1].double()
+            acc["cb"] += float(c @ b)
+            acc["cc"] += float(c @ c)
+            acc["bb"] += float(b @ b)
+            acc["diff"] += float(((c - b) ** 2).sum())
+            if inst:
+                d = blocks[2].double() - b
+                acc["proj"] += float((c - b) @ d)
+                acc["span"] += float(d @ d)
+        cosine = acc["cb"] / ((acc["cc"] * acc["bb"]) ** 0.5) if acc["cc"] and acc["bb"] else (
+            1.0 if acc["cc"] == acc["bb"] else 0.0)
+        entry = {"tensor": name, "cosine_to_base": round(cosine, 6)}
+        if inst:
+            entry["towards_instruct"] = round(acc["proj"] / acc["span"], 4) if acc["span"] else None
+        per_tensor.append(entry)
+        tot["identical"] += int(acc["diff"] == 0.0)
+        for key in ("cb", "cc", "bb", "proj", "span"):
+            tot[key] += acc[key]
+    overall_cos = tot["cb"] / ((tot["cc"] * tot["bb"]) ** 0.5) if tot["cc"] and tot["bb"] else 0.0
+    result = {
+        "tensors_compared": len(names),
+        "tensors_identical_to_base": tot["identical"],
+        "cosine_to_base": round(overall_cos, 6),
+        "towards_instruct": round(tot["proj"] / tot["span"], 4) if inst and tot["span"] else None,
+        "least_similar_to_base": sorted(per_tensor, key=lambda e: e["cosine_to_base"])[:max_listed],
+    }
+    if inst:
+        listed = [e for e in per_tensor if e["towards_instruct"] is not None]
+        result["most_towards_instruct"] = sorted(listed, key=lambda e: -e["towards_instruct"])[:max_listed]
+    return result
+
+
+def check_provenance(checkpoint: Path, base: Path, instruct: Path | None, settings: dict) -> dict[str, Any]:
+    """The ``weights_derived_from_base`` check."""
+    min_cos = settings.get("min_base_cosine", 0.6)
+    max_t = settings.get("max_instruct_fraction", 0.5)
+    try:
+        found = compare_weights(checkpoint, base, instruct)
+    except Exception as exc:  # noqa: BLE001 - unreadable weights are reported by the checkpoint checks
+        return {"passed": False, "evidence": f"weights not compared: {type(exc).__name__}: {str(exc)[:200]}",
+                "comparable": False}
+    problems = []
+    if found["cosine_to_base"] < min_cos:
+        problems.append(f"overall cosine similarity to the base {found['cosine_to_base']:.4f} < {min_cos} "
+                        "(not derived from the base)")
+    t = found["towards_instruct"]
+    if t is not None and t >= max_t:
+        problems.append(f"the checkpoint lies {t:.0%} of the way from the base to the instruct model "
+                        f"(>= {max_t:.0%}: the instruct model or a blend dominated by it)")
+    worst = found["least_similar_to_base"][:3]
+    detail = (f"{found['tensors_compared']} tensors compared, {found['tensors_identical_to_base']} identical to "
+              f"the base; overall cosine to base {found['cosine_to_base']:.4f}"
+              + (f", towards instruct {t:.3f}" if t is not None else ", instruct model not staged")
+              + "; least similar: " + ", ".join(f"{e['tensor']} {e['cosine_to_base']:.4f}" for e in worst))
+    return {"passed": not problems, "evidence": "; ".join(problems + [detail]), "comparable": True,
+            "settings": {"min_base_cosine": min_cos, "max_instruct_fraction": max_t}, **found}
