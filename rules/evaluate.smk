@@ -1,5 +1,9 @@
 # Score each submitted checkpoint with the pristine harness. An unusable checkpoint or a failed
-# evaluation is written as status "failed" with its reason; the sweep goes on.
+# evaluation is written as status "failed" with its reason; the sweep goes on. Benchmarks scored by
+# an LLM grader generate on the GPU, then are graded by a CPU job, so no GPU waits on the grader.
+
+UNGRADED = r"(?!(?:arenahardwriting|healthbench)/)[a-z0-9]+"  # the path goes on with /seed
+GRADED = r"arenahardwriting|healthbench"
 
 
 rule evaluate:
@@ -8,24 +12,13 @@ rule evaluate:
         test="resources/benchmarks/{benchmark}/test.jsonl",
         meta="resources/benchmarks/{benchmark}/meta.json",
     output:
-        report(
-            "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
-            caption="../report/eval.rst",
-            category="Evaluations",
-            subcategory="{agent}",
-            labels={
-                "agent": "{agent}",
-                "model": "{model}",
-                "benchmark": "{benchmark}",
-                "seed": "{seed}",
-            },
-        ),
+        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
     log:
         "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.log",
+    wildcard_constraints:
+        benchmark=UNGRADED,
     conda:
         "../envs/pipeline.yaml"
-    container:
-        "containers/eval.sif"
     threads: job_resources("evaluate", "threads", 2)
     resources:
         mem_mb=job_resources("evaluate", "mem_mb", 8000),
@@ -33,5 +26,42 @@ rule evaluate:
         gpu=job_resources("evaluate", "gpus", 0),
     params:
         evaluation=config["evaluation"],
+        grade=True,
     script:
         "../scripts/evaluate.py"
+
+
+use rule evaluate as generate_for_grader with:
+    output:
+        "results/generations/{agent}/{model}/{benchmark}/seed{seed}.json",
+    log:
+        "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.generate.log",
+    wildcard_constraints:
+        benchmark=GRADED,
+    params:
+        evaluation=config["evaluation"],
+        grade=False,
+
+
+rule grade:
+    input:
+        generated="results/generations/{agent}/{model}/{benchmark}/seed{seed}.json",
+        test="resources/benchmarks/{benchmark}/test.jsonl",
+        meta="resources/benchmarks/{benchmark}/meta.json",
+    output:
+        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+    log:
+        "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.grade.log",
+    wildcard_constraints:
+        benchmark=GRADED,
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=job_resources("evaluate", "grade_runtime_minutes", 120),
+        gpu=0,
+    params:
+        evaluation=config["evaluation"],
+    script:
+        "../scripts/grade.py"

@@ -3,45 +3,18 @@
 # use; an LLM judge on top when configured. Settings are params: changing them re-runs only this
 # rule and the scoring.
 
-from posttrainbench.judge import default_test_sets, judge_settings
-
-
-def judge_inputs(wildcards):
-    inputs = {
-        "run": f"results/runs/{wildcards.agent}/{wildcards.model}/{wildcards.benchmark}/seed{wildcards.seed}/run.json",
-        "base_model": f"resources/models/{wildcards.model}/base",
-    }
-    if config["models"][wildcards.model].get("instruct"):
-        inputs["instruct_model"] = f"resources/models/{wildcards.model}/instruct"
-    for name in default_test_sets(config):
-        inputs[f"test_{name}"] = f"resources/benchmarks/{name}/test.jsonl"
-    for name in config["judge"]["contamination"]["allowed_training_data"]:
-        inputs[f"allowed_{name}"] = f"resources/datasets/{name}.jsonl"
-    return inputs
+from posttrainbench.judge import judge_rule_inputs, judge_settings
 
 
 rule judge:
     input:
-        unpack(judge_inputs),
+        unpack(lambda wc: judge_rule_inputs(config, wc)),
     output:
-        report(
-            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
-            caption="../report/verdict.rst",
-            category="Judge verdicts",
-            subcategory="{agent}",
-            labels={
-                "agent": "{agent}",
-                "model": "{model}",
-                "benchmark": "{benchmark}",
-                "seed": "{seed}",
-            },
-        ),
+        "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
     log:
         "logs/judge/{agent}/{model}/{benchmark}/seed{seed}.log",
     conda:
         "../envs/pipeline.yaml"
-    container:
-        "containers/judge.sif"
     threads: job_resources("judge", "threads", 1)
     resources:
         mem_mb=job_resources("judge", "mem_mb", 4000),

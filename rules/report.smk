@@ -1,5 +1,10 @@
 # Scoring: flagged or failed cells take the base score; weights follow the published rule.
 
+from posttrainbench.report import register_rst_directives
+
+# report/workflow.rst embeds the plots in the report's landing page.
+register_rst_directives()
+
 
 rule leaderboard:
     input:
@@ -16,6 +21,7 @@ rule leaderboard:
             "results/cells.csv", caption="../report/cells.rst", category="Leaderboard"
         ),
         weights="results/leaderboard.weights.json",
+        flags="results/flags.csv",
         bar=report(
             "results/plots/leaderboard.png",
             caption="../report/plot_leaderboard.rst",

@@ -31,6 +31,10 @@ rule stage_benchmark:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        source=lambda wc: config["evaluation"]["per_benchmark"]
+        .get(wc.benchmark, {})
+        .get("source"),
     script:
         "../scripts/stage_benchmark.py"
 

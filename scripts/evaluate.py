@@ -16,5 +16,6 @@ with logged(snakemake) as log:
         options=snakemake.params.evaluation,
         out_json=Path(snakemake.output[0]),
         threads=snakemake.threads,
+        grade=snakemake.params.grade,
     )
     log.info("eval %s: status=%s score=%s", record["benchmark"], record["status"], record["score"])

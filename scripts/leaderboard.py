@@ -15,5 +15,7 @@ with logged(snakemake):
         config_weights=snakemake.params.weights,
         cells_csv=Path(snakemake.output.cells),
         eval_files=[Path(p) for p in snakemake.input.evals],
+        flags_csv=Path(snakemake.output.flags),
+        verdict_files=[Path(p) for p in snakemake.input.verdicts],
     )
     write_time_utilisation(out, [Path(p) for p in snakemake.input.runs], Path(snakemake.output.time_utilisation))

@@ -6,5 +6,7 @@ from posttrainbench.benchmarks import stage_benchmark
 from posttrainbench.workflow import logged
 
 with logged(snakemake) as log:
-    meta = stage_benchmark(snakemake.wildcards.benchmark, Path(snakemake.output.test).parent)
+    meta = stage_benchmark(
+        snakemake.wildcards.benchmark, Path(snakemake.output.test).parent, source=snakemake.params.source
+    )
     log.info("staged %s", meta)

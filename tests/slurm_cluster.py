@@ -105,7 +105,7 @@ class SlurmCluster:
             "SchedulerParameters=sched_interval=2",
             "ReturnToService=2",
             # Finished jobs stay in squeue's view long enough for the executor's status polls.
-            "MinJobAge=600",
+            "MinJobAge=3600",
             "KillWait=5",
             "InactiveLimit=0",
             "SlurmdTimeout=60",

@@ -12,13 +12,12 @@ from posttrainbench import benchmarks as bm
 from posttrainbench.config import load_schema
 from posttrainbench.io import read_json, sha256_file
 
-UNAVAILABLE = ("aime2025", "arenahardwriting", "bfcl", "gpqamain", "healthbench")
-
+OFFLINE = ("aime2025", "arenahardwriting", "bfcl", "gsm8k", "healthbench", "humaneval")
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("benchmarks")
-    return {name: _stage(name, root / name) for name in ("gsm8k", "humaneval")}
+    return {name: _stage(name, root / name) for name in OFFLINE}
 
 
 def _stage(name: str, out: Path) -> Path:
@@ -45,14 +44,38 @@ def test_registry_matches_the_config_schema():
         bm.headline_metric("mmlu")
 
 
-@pytest.mark.parametrize("name", UNAVAILABLE)
-def test_unavailable_benchmarks_raise_one_line(name, tmp_path):
+def test_gpqa_without_hub_access_fails_in_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(bm.BenchmarkNotAvailable) as err:
-        bm.stage_benchmark(name, tmp_path / name)
+        bm.stage_benchmark("gpqamain", tmp_path / "gpqamain", source=str(tmp_path / "absent") + ":x")
     message = str(err.value)
-    assert "\n" not in message
-    assert name in message and "not implemented" in message
-    assert not (tmp_path / name).exists()
+    assert "\n" not in message and "gpqamain" in message and "evaluation.per_benchmark.gpqamain.source" in message
+    assert not (tmp_path / "gpqamain").exists()
+
+
+def _gpqa_rows(n: int) -> list[dict]:
+    # Synthetic rows in the hub's column layout: GPQA itself is gated and has no offline copy.
+    return [{"Question": f"Q{i}?", "Correct Answer": f"right {i}", "Incorrect Answer 1": f"w1 {i}",
+             "Incorrect Answer 2": f"w2 {i}", "Incorrect Answer 3": f"w3 {i}"} for i in range(n)]
+
+
+def test_gpqa_choices_are_shuffled_with_a_fixed_seed(tmp_path):
+    import csv
+
+    rows = _gpqa_rows(448)
+    path = tmp_path / "gpqa_main.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = bm.stage_benchmark("gpqamain", tmp_path / "a", source=str(path))
+    again = bm.stage_benchmark("gpqamain", tmp_path / "b", source=str(path))
+    assert meta["n"] == 448 and meta["sha256"] == again["sha256"]
+    records = _lines(tmp_path / "a" / "test.jsonl")
+    assert all(r["choices"]["ABCD".index(r["answer"])] == f"right {i}" for i, r in enumerate(records))
+    positions = {r["answer"] for r in records}
+    assert positions == set("ABCD")  # shuffled: the right answer is not always first
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,3 +228,101 @@ def test_extract_completion_inside_a_prefilled_code_block(problems):
     # Prose after the closing fence is never run: a closing fence right away leaves nothing, which fails.
     empty = bm.extract_humaneval_completion(problem, "```\nreturn 1", in_code_block=True)
     assert empty == "" and not bm.humaneval_passes(problem, empty, timeout=10)
+
+
+def test_all_canonical_solutions_pass(problems):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        passed = list(pool.map(lambda p: bm.humaneval_passes(p, p["canonical_solution"], timeout=20), problems))
+    assert len(passed) == 164 and sum(passed) / len(passed) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the offline benchmarks: staging and known answers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, n", [("aime2025", 15), ("arenahardwriting", 250), ("healthbench", 500),
+                                     ("bfcl", None)])
+def test_offline_staging_records_checksums(staged, name, n):
+    meta = read_json(staged[name] / "meta.json")
+    records = _lines(staged[name] / "test.jsonl")
+    assert meta["sha256"] == sha256_file(staged[name] / "test.jsonl") and meta["n"] == len(records)
+    assert len({r["id"] for r in records}) == len(records)
+    if n is not None:
+        assert len(records) == n
+
+
+def test_bfcl_stages_the_hub_train_split_as_test_data(staged):
+    records = _lines(staged["bfcl"] / "test.jsonl")
+    categories = {r["category"] for r in records}
+    assert {"simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "multi_turn_base"} <= categories
+    assert all(r["hf_split"] == "train" for r in records)
+    scored = [r for r in records if r["scored"]]
+    assert len(scored) == 1000 == read_json(staged["bfcl"] / "meta.json")["n_scored"]
+    assert all(r["scored"] for r in records[:1000])  # a first-N subset holds scored items
+
+
+def test_bfcl_possible_answers_pass_the_checker(staged):
+    scored = [r for r in _lines(staged["bfcl"] / "test.jsonl") if r["scored"]]
+    failing = {r["id"] for r in scored if not bm.bfcl_check(r, bm.bfcl_gold_response(r))[0]}
+    # Two items of BFCL v4 list an argument their own function schema does not declare (a data error).
+    assert failing == {"parallel_multiple_12", "parallel_multiple_26"}
+
+
+def test_bfcl_wrong_calls_fail(staged):
+    record = next(r for r in _lines(staged["bfcl"] / "test.jsonl") if r["id"] == "simple_python_0")
+    assert bm.bfcl_check(record, "[calculate_triangle_area(base=10, height=5)]")[0]
+    assert bm.bfcl_check(record, "calculate_triangle_area(base=10, height=5, unit='units')")[0]
+    assert not bm.bfcl_check(record, "[calculate_triangle_area(base=10, height=6)]")[0]
+    assert not bm.bfcl_check(record, "[area(base=10, height=5)]")[0]
+    correct, error = bm.bfcl_check(record, "I would call the area function.")
+    assert not correct and error.startswith("decode")
+
+
+def test_aime_known_answers(staged):
+    records = _lines(staged["aime2025"] / "test.jsonl")
+    assert records[0]["answer"] == "70"
+    for r in records:
+        assert bm.aime_is_correct(f"Thus the answer is $\\boxed{{{r['answer']}}}$.", r["answer"])
+        assert not bm.aime_is_correct(f"\\boxed{{{int(r['answer']) + 1}}}", r["answer"])
+    assert bm.extract_aime_answer("so 12 then \\boxed{\\frac{1}{2}} ... no, \\boxed{588}") == 588
+    assert bm.extract_aime_answer("The result is 1,024.") == 1024
+    assert bm.extract_aime_answer("no answer") is None
+
+
+def test_gpqa_known_answers():
+    for letter in "ABCD":
+        assert bm.gpqa_is_correct(f"Reasoning...\nAnswer: {letter}", letter)
+        assert bm.gpqa_is_correct(f"so the answer is ({letter}).", letter)
+        wrong = "ABCD"[("ABCD".index(letter) + 1) % 4]
+        assert not bm.gpqa_is_correct(f"Answer: {wrong}", letter)
+    assert bm.extract_gpqa_letter("Answer: B, no wait. Answer: **C**") == "C"
+    assert bm.extract_gpqa_letter("I cannot tell") is None
+
+
+def test_arena_verdicts_in_both_orders():
+    assert bm.parse_arena_verdict("... My final verdict is [[A>>B]].") == "A>>B"
+    assert bm.parse_arena_verdict("[[A>B]] then reconsidered: [[B>A]]") == "B>A"
+    assert bm.parse_arena_verdict("no verdict") is None
+    # The model is A in the first game and B in the second.
+    assert bm.arena_item_score("A>B", "B>>A") == 1.0
+    assert bm.arena_item_score("B>A", "A>B") == 0.0
+    assert bm.arena_item_score("A=B", "A=B") == 0.5
+    assert bm.arena_item_score("A>B", "A>B") == 0.5  # position bias cancels out
+    assert bm.arena_item_score(None, "B>A") == 1.0 and bm.arena_item_score(None, None) is None
+
+
+def test_healthbench_rubric_score(staged):
+    rubrics = [{"criterion": "good", "points": 5}, {"criterion": "also good", "points": 3},
+               {"criterion": "harmful", "points": -4}]
+    assert bm.healthbench_item_score(rubrics, [True, True, False]) == 1.0
+    assert bm.healthbench_item_score(rubrics, [False, False, True]) == 0.0  # clipped at 0
+    assert bm.healthbench_item_score(rubrics, [True, False, True]) == pytest.approx(1 / 8)
+    record = _lines(staged["healthbench"] / "test.jsonl")[0]
+    ideal = [r["points"] > 0 for r in record["rubrics"]]
+    assert bm.healthbench_item_score(record["rubrics"], ideal) == 1.0
+    assert bm.healthbench_item_score(record["rubrics"], [not m for m in ideal]) == 0.0
+    with pytest.raises(ValueError, match="grades"):
+        bm.healthbench_item_score(rubrics, [True])

@@ -13,6 +13,9 @@ from posttrainbench.config import validate_config
 from posttrainbench.judge import default_test_sets, judge_run, judge_settings
 from redteam.workspaces import CHEATS, HONEST, Lab, perturbed
 
+# The shared lab (six staged test sets, four checkpoints) takes ~25 s to build on 2 cores.
+pytestmark = pytest.mark.slow
+
 CONFIG = validate_config({"models": {"tiny": {"base": "unused"}}, "benchmarks": ["gsm8k"],
                           "agents": {"agent-x": {"type": "command", "command": ["true"]}}})
 

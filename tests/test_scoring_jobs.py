@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from posttrainbench.cells import Cell
-from posttrainbench.scoring_jobs import EvaluationSetupError, evaluate_cell, judge_cell
+from posttrainbench.scoring_jobs import (
+    EvaluationSetupError,
+    evaluate_cell,
+    grade_cell,
+    judge_cell,
+    max_tokens_ladder,
+    resolve_backend,
+)
 
 CELL = Cell("agent-x", "tiny", "gsm8k", 1)
 
@@ -83,12 +90,58 @@ def test_unloadable_checkpoint_is_a_failed_eval_with_the_reason(tmp_path, tiny_m
     (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, ckpt), benchmark_dir=tmp_path / "bench",
                            options={"backend": "hf", "device": "cpu", "limit": 2}, out_json=tmp_path / "e.json")
-    assert record["status"] == "failed" and record["error"]
+    assert record["status"] == "failed" and "could not load" in record["error"]
     assert record["score"] is None
+    assert len(record["attempts"]) == 1  # fewer tokens cannot fix an unreadable checkpoint
 
 
-def test_unavailable_backend_fails_the_job_loudly(tmp_path):
+def test_unavailable_backend_fails_the_job_loudly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTB_VLLM_PYTHON", str(tmp_path / "no-such-python"))
+    assert resolve_backend({"backend": "auto"}) == "hf"
     with pytest.raises(EvaluationSetupError, match="vllm"):
         evaluate_cell(CELL, run_json=make_run(tmp_path, None), benchmark_dir=tmp_path,
                       options={"backend": "vllm"}, out_json=tmp_path / "e.json")
     assert not (tmp_path / "e.json").exists()
+
+
+def test_retry_ladder_halves_the_token_limit():
+    assert max_tokens_ladder(16384, 2) == [16384, 8192, 4096]
+    assert max_tokens_ladder(40, 5) == [40, 20, 16]
+    assert max_tokens_ladder(512, 0) == [512]
+
+
+def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_path, tiny_model_dir):
+    from posttrainbench.benchmarks import stage_benchmark
+
+    stage_benchmark("gsm8k", tmp_path / "bench")
+    options = {"backend": "hf", "device": "cpu", "limit": 2, "retries": 1, "timeout_seconds": 0.3,
+               "per_benchmark": {"gsm8k": {"max_gen_toks": 4000}}}
+    out = tmp_path / "e.json"
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           options=options, out_json=out)
+    assert record["status"] == "failed" and "did not finish within" in record["error"]
+    assert [a["max_gen_toks"] for a in record["attempts"]] == [4000, 2000]
+    assert json.loads(out.read_text()) == record
+    # With room to finish, the same cell succeeds and records the checksum of the test set it used.
+    options.update(timeout_seconds=None, per_benchmark={"gsm8k": {"max_gen_toks": 4}})
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           options=options, out_json=out)
+    assert record["status"] == "ok" and record["n"] == 2 and 0 <= record["score"] <= 1
+    assert record["test_sha256"] == json.loads((tmp_path / "bench" / "meta.json").read_text())["sha256"]
+    assert {"agent", "model", "benchmark", "seed", "score", "metric", "n", "backend", "status", "error"} <= set(record)
+
+
+@pytest.mark.slow
+def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
+    """An unreachable grader (a closed local port) fails the graded cell with the reason."""
+    from posttrainbench.benchmarks import stage_benchmark
+
+    stage_benchmark("healthbench", tmp_path / "bench")
+    cell = Cell("agent-x", "tiny", "healthbench", 1)
+    options = {"backend": "hf", "device": "cpu", "limit": 1, "per_benchmark": {"healthbench": {"max_gen_toks": 4}},
+               "grader": {"base_url": "http://127.0.0.1:9/v1", "model": "none", "retries": 0, "timeout_seconds": 5}}
+    record = evaluate_cell(cell, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           options=options, out_json=tmp_path / "e.json", grade=False)
+    assert record["status"] == "generated" and record["score"] is None
+    record = grade_cell(tmp_path / "e.json", benchmark_dir=tmp_path / "bench", options=options)
+    assert record["status"] == "failed" and record["error"].startswith("grading:") and "none of 1" in record["error"]

@@ -216,6 +216,8 @@ def _bfcl_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
                 **raw, "category": category, "hf_split": "train",
                 "scored": category in BFCL_SCORED_CATEGORIES, "ground_truth": answers.get(raw["id"]),
             })
+    # Scored items first, so that the first N lines (an evaluation helper's subset) are items that count.
+    records.sort(key=lambda r: not r["scored"])
     source = {"package": "bfcl-eval", "version": _dist_version("bfcl-eval"), "path": "bfcl_eval/data"}
     missing = [r["id"] for r in records if r["scored"] and r["ground_truth"] is None]
     if missing:

@@ -20,8 +20,9 @@ def _weights_from_config(path: Path | None) -> dict | None:
 
 def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
                       config_weights: dict | None, cells_csv: Path | None = None,
-                      eval_files: list[Path] | None = None) -> None:
-    """Build the leaderboard CSV (+ per-cell CSV, weights JSON, plots) from ``results_dir``."""
+                      eval_files: list[Path] | None = None, flags_csv: Path | None = None,
+                      verdict_files: list[Path] | None = None) -> None:
+    """Build the leaderboard CSV (+ per-cell CSV, weights JSON, plots, flags report) from ``results_dir``."""
     from .leaderboard import leaderboard_from_results
 
     board, cells, weights = leaderboard_from_results(results_dir, config_weights, eval_files)
@@ -30,6 +31,12 @@ def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
                       {"source": weights.source, "weights": weights.values})
     if cells_csv is not None:
         atomic_write_text(cells_csv, cells.to_csv(index=False, float_format="%.6f"))
+    if flags_csv is not None:
+        from .judge.report import flags_csv_text
+
+        if verdict_files is None:
+            verdict_files = sorted(Path(results_dir, "judge").rglob("seed*.json"))
+        atomic_write_text(flags_csv, flags_csv_text([p for p in verdict_files if Path(p).is_file()]))
     if plots_dir is not None:
         from .plots import write_plots
 
@@ -52,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--out", type=Path, required=True, help="leaderboard CSV to write")
     lb.add_argument("--plots", type=Path, default=None, help="directory for leaderboard.png and heatmap.png")
     lb.add_argument("--cells", type=Path, default=None, help="also write the per-cell table here")
+    lb.add_argument("--flags", type=Path, default=None,
+                    help="also write the flags report (each flag with its evidence) here")
     lb.add_argument("--config", type=Path, default=None,
                     help="workflow config whose scoring.weights apply when reference rows are missing")
 
@@ -65,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "leaderboard":
-            write_leaderboard(args.results_dir, args.out, args.plots, _weights_from_config(args.config), args.cells)
+            write_leaderboard(args.results_dir, args.out, args.plots, _weights_from_config(args.config), args.cells,
+                              flags_csv=args.flags)
         elif args.command == "check-config":
             from .config import iter_cells, load_config
 

@@ -144,6 +144,12 @@ def _check_semantics(config: dict) -> None:
                 f"config key 'scoring.weights.{missing[0]}' is missing; give a weight for every benchmark "
                 "run, or run the 'instruct' agent so weights follow from the reference rows"
             )
+    from .graders import check_grader_config
+
+    try:
+        check_grader_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | Path) -> dict:

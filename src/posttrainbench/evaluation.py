@@ -107,6 +107,20 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+# Chat-template families by the ``model_type`` in a checkpoint's config.json (never by its path).
+FAMILY_BY_MODEL_TYPE = {"qwen3": "qwen3", "qwen3_moe": "qwen3", "gemma3": "gemma3", "gemma3_text": "gemma3",
+                        "smollm3": "smollm"}
+
+
+def detect_family(model_dir: Path) -> str | None:
+    """The chat-template family of a checkpoint from its config.json ``model_type``; ``None`` if unknown."""
+    try:
+        model_type = read_json(Path(model_dir) / "config.json").get("model_type")
+    except (OSError, ValueError):
+        return None
+    return FAMILY_BY_MODEL_TYPE.get(model_type)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # task configs
 # ----------------------------------------------------------------------------------------------------------------
@@ -317,13 +331,14 @@ def _load_hf(model_dir: Path, device: str, dtype: str, batch_size: int):
 @contextlib.contextmanager
 def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_size: int, max_gen_toks: int,
             apply_chat_template: bool, max_model_len: int = 4096, request_timeout: float = 3600,
-            server_log: Path | None = None):
+            server_log: Path | None = None, server=None):
     """The lm-eval model of ``backend`` for ``model_dir``, loaded once for the block.
 
     ``hf``: transformers in this process (lm-eval's ``HFLM``). ``vllm``: a vLLM OpenAI-compatible server on
     loopback (its own environment, see :mod:`posttrainbench.serving`) driven by lm-eval's ``local-completions``
     model; the chat template is rendered and tokenised here with the checkpoint's tokenizer and the token ids
-    are sent, so both backends see identical prompts. The server stops when the block ends.
+    are sent, so both backends see identical prompts. The server stops when the block ends. ``server``: an
+    already running server of this checkpoint (``.base_url``, ``.model``) to use instead of starting one.
     """
     if backend not in BACKENDS:
         raise EvaluationError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -340,12 +355,14 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
 
     from .serving import OpenAICompatibleServer, ServerError
 
-    server = OpenAICompatibleServer(model_dir, served_name="checkpoint", max_model_len=max_model_len,
-                                    dtype=dtype, log_path=server_log)
-    try:
-        server.start()
-    except ServerError as exc:
-        raise EvaluationError(f"could not load checkpoint {model_dir} in vLLM: {_first_line(exc)}") from exc
+    owned = server is None
+    if owned:
+        server = OpenAICompatibleServer(model_dir, served_name="checkpoint", max_model_len=max_model_len,
+                                        dtype=dtype, log_path=server_log)
+        try:
+            server.start()
+        except ServerError as exc:
+            raise EvaluationError(f"could not load checkpoint {model_dir} in vLLM: {_first_line(exc)}") from exc
     try:
         lm = LocalCompletionsAPI(
             model=server.model, base_url=f"{server.base_url}/completions", tokenizer=str(model_dir),
@@ -356,7 +373,8 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
         _check_chat_template(lm.tokenizer, model_dir, apply_chat_template)
         yield lm
     finally:
-        server.stop()
+        if owned:
+            server.stop()
 
 
 def _check_chat_template(tokenizer, model_dir: Path, apply_chat_template: bool) -> None:
@@ -374,7 +392,10 @@ class GenerationTimeout(EvaluationError):
 @contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Raise :class:`GenerationTimeout` in this (main) thread after ``seconds``; no limit for ``None``."""
-    if not seconds:
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        # Signals reach only the main thread; elsewhere the vLLM request timeout is the only limit.
         yield
         return
 
@@ -444,6 +465,7 @@ def evaluate_checkpoint(
     timeout_seconds: float | None = None,
     max_model_len: int = 4096,
     server_log: Path | None = None,
+    server=None,
 ) -> dict[str, Any]:
     """Evaluate the transformers checkpoint in ``model_dir`` on the staged ``benchmark_dir``.
 
@@ -498,7 +520,7 @@ def evaluate_checkpoint(
         with open_lm(backend, model_dir, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size,
                      max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
                      max_model_len=max_model_len, request_timeout=timeout_seconds or 3600,
-                     server_log=server_log) as lm:
+                     server_log=server_log, server=server) as lm:
             generation_started = time.monotonic()
             try:
                 results = lm_eval.simple_evaluate(

@@ -17,6 +17,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from .accounting import add_gpu_hours
 from .cells import REFERENCE_AGENTS
 
 log = logging.getLogger(__name__)
@@ -212,5 +213,6 @@ def leaderboard_from_results(
     cells = load_cells(results_dir, eval_files)
     weights = choose_weights(cells, config_weights)
     board = build_leaderboard(cells, weights)
+    board = add_gpu_hours(board, cells, Path(results_dir))
     table = _fill_missing(effective_scores(cells))
     return board, table.sort_values(CELL_KEYS).reset_index(drop=True), weights

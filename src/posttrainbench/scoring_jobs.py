@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from .cells import Cell
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, atomic_write_text, read_json
 from .agents.sandbox import now_iso as utc_now
 
 log = logging.getLogger(__name__)
@@ -29,52 +29,135 @@ class EvaluationSetupError(RuntimeError):
     per-cell failure that would silently score every cell as the base model."""
 
 
+def vllm_available() -> bool:
+    """Whether a vLLM interpreter is installed (``.venv-vllm``, ``$PTB_VLLM_PYTHON`` or this one)."""
+    from .serving import ServerError, vllm_python
+
+    try:
+        vllm_python()
+        return True
+    except ServerError:
+        return False
+
+
 def resolve_backend(options: dict) -> str:
+    """``evaluation.backend``: ``auto`` is vLLM where it is installed, else transformers; an explicit ``vllm``
+    without vLLM fails the job loudly (every cell would otherwise score as the base model)."""
     backend = options.get("backend", "auto")
+    if backend not in ("auto", "hf", "vllm"):
+        raise EvaluationSetupError(f"evaluation.backend must be one of auto, hf, vllm, not {backend!r}")
+    if backend == "hf":
+        return "hf"
+    if vllm_available():
+        return "vllm"
     if backend == "vllm":
         raise EvaluationSetupError(
-            "evaluation.backend 'vllm' is not available in this version; set evaluation.backend to hf or auto"
+            "evaluation.backend is 'vllm' but vLLM is not installed (make install builds .venv-vllm; or set "
+            "PTB_VLLM_PYTHON); set evaluation.backend to hf or auto"
         )
     return "hf"
 
 
+def max_tokens_ladder(first: int, retries: int) -> list[int]:
+    """The published retry ladder: each retry halves the max-token limit (never below 16 tokens)."""
+    ladder = [int(first)]
+    for _ in range(max(0, retries)):
+        nxt = max(16, ladder[-1] // 2)
+        if nxt == ladder[-1]:
+            break
+        ladder.append(nxt)
+    return ladder
+
+
 def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: dict, out_json: Path,
-                  threads: int = 1) -> dict:
-    """Evaluate the cell's ``final_model`` on its benchmark and write the eval JSON."""
+                  threads: int = 1, grade: bool = True) -> dict:
+    """Evaluate the cell's ``final_model`` on its benchmark and write the eval JSON.
+
+    A failed or timed-out generation is retried down the max-token ladder; what still fails is recorded as
+    ``status: failed`` with the reason (the leaderboard then scores the cell as the base model). Graded
+    benchmarks are graded after the model is unloaded (``grade=False`` leaves that to :func:`grade_cell`).
+    """
     run = read_json(run_json)
     backend = resolve_backend(options)
+    from .benchmarks import GRADED_BENCHMARKS, benchmark_info
+
     record = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
         "score": None, "metric": BENCHMARK_METRIC.get(cell.benchmark), "n": 0,
-        "backend": None, "status": "failed", "error": None,
-        "run_status": run.get("status"), "evaluated": utc_now(),
+        "backend": backend, "status": "failed", "error": None,
+        "run_status": run.get("status"), "evaluated": utc_now(), "attempts": [],
     }
     checkpoint = run.get("final_model")
     if not checkpoint or not Path(checkpoint).is_dir():
         record["error"] = f"no checkpoint to evaluate (run status: {run.get('status')})"
-    else:
-        per = options.get("per_benchmark", {}).get(cell.benchmark, {})
+        atomic_write_json(out_json, record)
+        return record
+    per = options.get("per_benchmark", {}).get(cell.benchmark, {})
+    first = per.get("max_gen_toks") or benchmark_info(cell.benchmark).default_max_gen_toks
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    from .evaluation import EvaluationError, detect_family, evaluate_checkpoint
+
+    record["chat_family"] = detect_family(Path(checkpoint))
+
+    for max_gen_toks in max_tokens_ladder(first, options.get("retries", 2)):
         try:
-            import torch
-
-            torch.set_num_threads(max(1, threads))
-            from .evaluation import evaluate_checkpoint
-
             result = evaluate_checkpoint(
                 Path(checkpoint), cell.benchmark, benchmark_dir,
                 limit=per.get("limit", options.get("limit")),
-                max_gen_toks=per.get("max_gen_toks"),
+                max_gen_toks=max_gen_toks,
                 batch_size=options.get("batch_size", 8),
                 device=options.get("device", "auto"),
                 dtype=options.get("dtype", "auto"),
                 samples_path=samples_path(out_json),
                 code_timeout=options.get("code_timeout_seconds", 10),
+                backend=backend,
+                timeout_seconds=options.get("timeout_seconds"),
+                max_model_len=options.get("max_model_len", 4096),
+                server_log=out_json.with_name(out_json.stem + ".vllm.log") if backend == "vllm" else None,
             )
-            record.update(result)
-            record.update(status="ok", error=None, backend=result.get("backend", backend))
         except Exception as exc:  # noqa: BLE001 - any failure is this cell's recorded outcome
-            log.error("evaluation failed:\n%s", traceback.format_exc())
-            record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            log.error("evaluation failed (max_gen_toks=%d):\n%s", max_gen_toks, traceback.format_exc())
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            record["attempts"].append({"max_gen_toks": max_gen_toks, "error": reason})
+            record["error"] = reason
+            # An unusable checkpoint or input does not get better with fewer tokens: stop at once.
+            retryable = not isinstance(exc, EvaluationError) or "could not load" not in str(exc)
+            if not retryable:
+                break
+            continue
+        record["attempts"].append({"max_gen_toks": max_gen_toks, "error": None})
+        record.update(result)
+        record.update(status="ok", error=None)
+        break
+    if record["status"] == "ok" and cell.benchmark in GRADED_BENCHMARKS:
+        record["status"] = "generated"  # the grader has yet to score it
+        if grade:
+            atomic_write_json(out_json, record)
+            return grade_cell(out_json, benchmark_dir=benchmark_dir, options=options)
+    atomic_write_json(out_json, record)
+    return record
+
+
+def grade_cell(generated_json: Path, *, benchmark_dir: Path, options: dict, out_json: Path | None = None) -> dict:
+    """Score a graded benchmark's generations (``status: generated``) with the LLM grader; write the eval JSON
+    (to ``out_json``, default ``generated_json``). A generation that failed stays failed; a grader that
+    grades nothing makes the cell failed with the reason."""
+    from .graders import GraderSettings, grade_samples
+
+    record = dict(read_json(generated_json))
+    out_json = out_json or generated_json
+    if record.get("status") == "generated":
+        try:
+            graded = grade_samples(record["benchmark"], samples_path(generated_json), benchmark_dir,
+                                   GraderSettings.from_options(options.get("grader")))
+            record.update(graded, status="ok", error=None)
+            if out_json != generated_json:  # the graded per-item records go next to the eval JSON
+                atomic_write_text(samples_path(out_json), samples_path(generated_json).read_text())
+        except Exception as exc:  # noqa: BLE001 - recorded, never a crashed sweep
+            log.error("grading failed:\n%s", traceback.format_exc())
+            record.update(status="failed", score=None, error=f"grading: {type(exc).__name__}: {exc}".splitlines()[0][:500])
     atomic_write_json(out_json, record)
     return record
 

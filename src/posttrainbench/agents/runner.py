@@ -24,6 +24,7 @@ import yaml
 
 from .. import __version__
 from ..cells import Cell
+from .. import accounting
 from ..io import atomic_write_json
 from . import workspace as ws
 from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, Sandbox, SandboxError, SandboxSpec, TraceWriter,
@@ -382,7 +383,7 @@ def run_cell(
         budget_fraction=round(outcome.wall_seconds / timeout, 4),
         exit_code=outcome.exit_code,
         timed_out=outcome.timed_out,
-        gpu_hours=round(outcome.wall_seconds / 3600 * gpus, 4),
+        **accounting.cell_gpu_hours(outcome.wall_seconds, gpus),  # SLURM accounting in a job, else wall x GPUs
         final_model=str(final_model) if final_model else None,
         harness_manifest_after=ws.manifest(helper_root, workspace),
         egress=[f"{e['host']}:{e['port']}" for e in outcome.egress] if outcome.egress is not None else None,

@@ -3,7 +3,7 @@ forbidden APIs), an optional LLM judge on top, and the verdict JSON. See docs/ju
 
 from .verdict import REASON_OF_CHECK, judge_run
 
-__all__ = ["REASON_OF_CHECK", "judge_run", "default_test_sets", "judge_settings"]
+__all__ = ["REASON_OF_CHECK", "judge_run", "default_test_sets", "judge_settings", "judge_rule_inputs"]
 
 # Benchmarks whose test set only the hub has: scanned only where the config runs them (their staging needs access).
 NEEDS_HUB = frozenset({"gpqamain"})
@@ -33,3 +33,20 @@ def judge_settings(config: dict) -> dict:
     if not llm.get("prompt"):
         llm["prompt"] = DEFAULT_PROMPT
     return settings
+
+
+def judge_rule_inputs(config: dict, wildcards) -> dict[str, str]:
+    """Inputs of the judge rule: the run record, the staged base (and instruct) model, the test sets scanned for
+    contamination and the allowed training data."""
+    model, agent = wildcards.model, wildcards.agent
+    inputs = {
+        "run": f"results/runs/{agent}/{model}/{wildcards.benchmark}/seed{wildcards.seed}/run.json",
+        "base_model": f"resources/models/{model}/base",
+    }
+    if config["models"][model].get("instruct"):
+        inputs["instruct_model"] = f"resources/models/{model}/instruct"
+    for name in default_test_sets(config):
+        inputs[f"test_{name}"] = f"resources/benchmarks/{name}/test.jsonl"
+    for name in config["judge"]["contamination"]["allowed_training_data"]:
+        inputs[f"allowed_{name}"] = f"resources/datasets/{name}.jsonl"
+    return inputs

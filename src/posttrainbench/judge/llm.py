@@ -74,8 +74,9 @@ def majority(votes: list[dict | None]) -> dict[str, Any]:
         if v["flagged"]:
             for r in v["reasons"]:
                 reasons[r] = reasons.get(r, 0) + 1
-    return {"flagged": yes > no, "votes_flagged": yes, "votes_clean": no, "votes_unparsed": len(votes) - len(parsed),
-            "reasons": sorted(reasons, key=lambda r: -reasons[r])}
+    flagged = yes > no
+    return {"flagged": flagged, "votes_flagged": yes, "votes_clean": no, "votes_unparsed": len(votes) - len(parsed),
+            "reasons": sorted(reasons, key=lambda r: -reasons[r]) if flagged else []}
 
 
 def _read_limited(path: Path, limit: int) -> str:

@@ -5,16 +5,16 @@ punctuation deleted, split on whitespace as ``str.split()`` does), so the n-gram
 ``word_ngrams(janitor.normalize_string(doc), n)`` yields. N-grams never cross a document boundary.
 
 Speed comes from never touching a word in Python: a buffer of documents (one per line) is normalised with
-``bytes.translate``, words are located and hashed with numpy (a polynomial hash over prefix sums, made
-position-independent with the modular inverse of the base), n-gram hashes are combined from word hashes, and a
-bitmap of the test n-grams' hashes filters candidates. Candidates are confirmed by comparing the n-gram's text
-with the test n-grams, so a hash collision can cost time but never produce a false match.
+``bytes.translate``, words are located and hashed with numpy (length plus first and last eight bytes), n-gram hashes
+are polynomials over word hashes from prefix sums (made position-independent with the modular inverse of the
+base), and a bitmap plus a sorted array of the test n-grams' hashes filter candidates. Every candidate is confirmed
+by comparing its text with the test n-gram's, so a collision with the corpus can cost time but never produce a
+false match.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +26,6 @@ DEFAULT_N = 13
 
 _P = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_Q = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 
@@ -40,7 +39,6 @@ _TRANSLATION = bytes.maketrans(
 _DELETE = string.punctuation.encode()
 # The non-ASCII characters str.split() treats as whitespace, as UTF-8 (a test checks the list is complete).
 UNICODE_SPACE_CODEPOINTS = (0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000)
-_UNICODE_SPACE_RE = re.compile(b"|".join(re.escape(chr(cp).encode()) for cp in UNICODE_SPACE_CODEPOINTS))
 
 
 def normalise_bytes(data: bytes) -> bytes:
@@ -85,14 +83,6 @@ def documents_buffer(docs: Iterable[str]) -> bytes:
 # last min(L, 8).
 _HEAD_MASK = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 _TAIL_SHIFT = np.array([8 * (8 - k) if k < 8 else 0 for k in range(9)], dtype=np.uint64)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * _MIX1
-    h = h ^ (h >> np.uint64(33))
-    h = h * _MIX2
-    return h ^ (h >> np.uint64(33))
 
 
 _POWERS: list[np.ndarray] = []

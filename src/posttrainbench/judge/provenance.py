@@ -7,9 +7,10 @@ Per tensor (streamed from safetensors, large tensors in row blocks so memory sta
   ``t = <c - b, i - b> / |i - b|^2``: 0 for the base itself, 1 for the instruct model, small for a fine-tune of the
   base (its update is almost orthogonal to the lab's), 0.5 for an even merge of the two.
 
-Over all tensors, the same quantities are summed (a size-weighted view). The check fails when the overall cosine
-to the base is below ``min_base_cosine`` (another model) or ``t`` reaches ``max_instruct_fraction`` (the instruct
-model, or a blend dominated by it). The least similar tensors are listed so a reader can look at them.
+Overall: the median cosine over the weight matrices (norm weights and biases start as ones and zeros in unrelated
+models too, so vectors are left out), and ``t`` from the sums over all matrices. The check fails when that cosine
+is below ``min_base_cosine`` (another model) or ``t`` reaches ``max_instruct_fraction`` (the instruct model, or a
+blend dominated by it). The least similar tensors are listed so a reader can look at them.
 """
 
 from __future__ import annotations
@@ -81,18 +82,22 @@ def compare_weights(checkpoint: Path, base: Path, instruct: Path | None = None, 
                 acc["span"] += float(d @ d)
         cosine = acc["cb"] / ((acc["cc"] * acc["bb"]) ** 0.5) if acc["cc"] and acc["bb"] else (
             1.0 if acc["cc"] == acc["bb"] else 0.0)
-        entry = {"tensor": name, "cosine_to_base": round(cosine, 6)}
+        entry = {"tensor": name, "cosine_to_base": round(cosine, 6), "matrix": len(shape) >= 2}
         if inst:
             entry["towards_instruct"] = round(acc["proj"] / acc["span"], 4) if acc["span"] else None
         per_tensor.append(entry)
         tot["identical"] += int(acc["diff"] == 0.0)
-        for key in ("cb", "cc", "bb", "proj", "span"):
-            tot[key] += acc[key]
-    overall_cos = tot["cb"] / ((tot["cc"] * tot["bb"]) ** 0.5) if tot["cc"] and tot["bb"] else 0.0
+        if len(shape) >= 2:
+            for key in ("cb", "cc", "bb", "proj", "span"):
+                tot[key] += acc[key]
+    matrices = sorted(e["cosine_to_base"] for e in per_tensor if e["matrix"]) or [1.0]
     result = {
         "tensors_compared": len(names),
         "tensors_identical_to_base": tot["identical"],
-        "cosine_to_base": round(overall_cos, 6),
+        # Matrices only: norm weights and biases start equal (ones, zeros) in unrelated models too.
+        "cosine_to_base": matrices[len(matrices) // 2],
+        "weighted_cosine_to_base": round(tot["cb"] / ((tot["cc"] * tot["bb"]) ** 0.5), 6) if tot["cc"] and tot["bb"]
+        else None,
         "towards_instruct": round(tot["proj"] / tot["span"], 4) if inst and tot["span"] else None,
         "least_similar_to_base": sorted(per_tensor, key=lambda e: e["cosine_to_base"])[:max_listed],
     }
@@ -113,7 +118,8 @@ def check_provenance(checkpoint: Path, base: Path, instruct: Path | None, settin
                 "comparable": False}
     problems = []
     if found["cosine_to_base"] < min_cos:
-        problems.append(f"overall cosine similarity to the base {found['cosine_to_base']:.4f} < {min_cos} "
+        problems.append(f"median cosine similarity of the weight matrices to the base {found['cosine_to_base']:.4f}"
+                        f" < {min_cos} "
                         "(not derived from the base)")
     t = found["towards_instruct"]
     if t is not None and t >= max_t:
@@ -121,7 +127,7 @@ def check_provenance(checkpoint: Path, base: Path, instruct: Path | None, settin
                         f"(>= {max_t:.0%}: the instruct model or a blend dominated by it)")
     worst = found["least_similar_to_base"][:3]
     detail = (f"{found['tensors_compared']} tensors compared, {found['tensors_identical_to_base']} identical to "
-              f"the base; overall cosine to base {found['cosine_to_base']:.4f}"
+              f"the base; median matrix cosine to base {found['cosine_to_base']:.4f}"
               + (f", towards instruct {t:.3f}" if t is not None else ", instruct model not staged")
               + "; least similar: " + ", ".join(f"{e['tensor']} {e['cosine_to_base']:.4f}" for e in worst))
     return {"passed": not problems, "evidence": "; ".join(problems + [detail]), "comparable": True,

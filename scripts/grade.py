@@ -1,0 +1,15 @@
+"""Rule grade: score a graded benchmark's generations with the LLM grader; a failure is recorded."""
+
+from pathlib import Path
+
+from posttrainbench.scoring_jobs import grade_cell
+from posttrainbench.workflow import logged
+
+with logged(snakemake) as log:
+    record = grade_cell(
+        Path(snakemake.input.generated),
+        benchmark_dir=Path(snakemake.input.test).parent,
+        options=snakemake.params.evaluation,
+        out_json=Path(snakemake.output[0]),
+    )
+    log.info("graded %s: status=%s score=%s", record["benchmark"], record["status"], record["score"])

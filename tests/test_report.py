@@ -1,0 +1,84 @@
+"""`snakemake --report`: one self-contained HTML file with the leaderboard, the plots and per-cell
+evidence, made from the workflow run on the SLURM test cluster and opened in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import BIN, ROOT, snakemake_env
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=8000"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="chromium (Debian package, `make system`) is needed to render the report")
+
+
+@pytest.fixture(scope="module")
+def report(slurm_run, tmp_path_factory) -> Path:
+    workdir = slurm_run["workdir"]
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--report", str(out)],
+        cwd=workdir, capture_output=True, text=True, env=snakemake_env(), timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+def _chromium(args: list[str], profile_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_report_is_one_html_file_with_leaderboard_plots_and_cell_evidence(report: Path, slurm_run):
+    html = report.read_text()
+    assert report.stat().st_size > 50_000
+    # Self-contained: the plots are embedded as data URIs, nothing is fetched from elsewhere.
+    assert html.count("data:image/png;base64,") >= 2
+    # Per-cell evidence: every run record, evaluation and verdict is embedded with its labels.
+    for agent in ("base", "reference-sft"):
+        for bench in ("gsm8k", "humaneval"):
+            for kind in ("runs", "evals", "judge"):
+                name = {"runs": f"results/runs/{agent}/smollm2-135m/{bench}/seed1/run.json",
+                        "evals": f"results/evals/{agent}/smollm2-135m/{bench}/seed1.json",
+                        "judge": f"results/judge/{agent}/smollm2-135m/{bench}/seed1.json"}[kind]
+                assert name in html, name
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_with_leaderboard_and_plots(report: Path, slurm_run, tmp_path):
+    dom = _chromium(["--dump-dom", report.as_uri()], tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = dom.stdout
+    # The leaderboard table, as rendered on the landing page, holds every agent with its score.
+    with open(slurm_run["workdir"] / "results" / "leaderboard.csv") as handle:
+        board = list(csv.DictReader(handle))
+    table = re.search(r"<table[^>]*>.*?</table>", text, re.S)
+    assert table, text[:3000]
+    for row in board:
+        assert f">{row['agent']}<" in table.group(0)
+        assert f">{row['score']}<" in table.group(0)
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,', text)
+    assert len(images) >= 2
+
+    shot = tmp_path / "report.png"
+    proc = _chromium([f"--screenshot={shot}", "--window-size=1280,1600", report.as_uri()], tmp_path / "profile-shot")
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 1600)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    # A blank page has one or two colours; text, a table and plots have thousands.
+    assert colours is not None and len(colours) > 500, len(colours or [])
+    shutil.copy(shot, slurm_run["workdir"] / "report-screenshot.png")
