@@ -75,8 +75,9 @@ def test_graded_benchmarks_end_to_end_with_a_local_grader(openai_server, tiny_mo
 
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps({"status": "ok", "final_model": str(tiny_model_dir)}))
-    grader = {"base_url": openai_server.base_url, "model": openai_server.model, "max_tokens": 96,
-              "concurrency": 4, "retries": 1}
+    # A 135M grader rambles: labels only (no reasoning field), so replies fit in few tokens.
+    grader = {"base_url": openai_server.base_url, "model": openai_server.model, "max_tokens": 64,
+              "concurrency": 4, "retries": 1, "explain": False}
     for benchmark in ("arenahardwriting", "healthbench"):
         bm.stage_benchmark(benchmark, tmp_path / benchmark)
         out = tmp_path / "evals" / f"{benchmark}.json"

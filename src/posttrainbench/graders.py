@@ -39,6 +39,7 @@ class GraderSettings:
     timeout_seconds: float = 120.0
     retries: int = 2
     structured: bool = True  # ask for JSON-schema-constrained replies (OpenAI and vLLM both support it)
+    explain: bool = True  # with structured replies: reasoning before the label (off for small, fast graders)
 
     @classmethod
     def from_options(cls, options: dict | None) -> "GraderSettings":
@@ -59,6 +60,9 @@ class GraderSettings:
         return key
 
 
+REASONING_FIELDS = ("judgment", "explanation")
+
+
 class ChatGrader:
     """One grader endpoint: ``ask(system, user) -> text``, retried ``retries`` times on any error."""
 
@@ -72,6 +76,10 @@ class ChatGrader:
     def ask(self, system: str, user: str, schema: dict | None = None) -> str:
         extra: dict[str, Any] = {}
         if schema is not None and self.settings.structured:
+            if not self.settings.explain:
+                schema = {**schema, "properties": {k: v for k, v in schema["properties"].items()
+                                                   if k not in REASONING_FIELDS},
+                          "required": [k for k in schema["required"] if k not in REASONING_FIELDS]}
             extra["response_format"] = {"type": "json_schema",
                                         "json_schema": {"name": "grade", "schema": schema, "strict": True}}
         last: Exception | None = None

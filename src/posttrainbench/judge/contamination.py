@@ -202,8 +202,11 @@ class Sightings:
     where: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, index: ngrams.TestIndex, result: ngrams.ScanResult, locations: list[str]) -> None:
-        for gram, docs in result.matched.items():
-            for owner in index.owners_of(result.hash_of[gram]):
+        grams = list(result.matched)
+        owners = index.owners_of_many([result.hash_of[g] for g in grams])
+        for gram, gram_owners in zip(grams, owners):
+            docs = result.matched[gram]
+            for owner in gram_owners:
                 self.grams[owner].add(gram)
                 spots = self.where[owner]
                 for d in docs:

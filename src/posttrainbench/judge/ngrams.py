@@ -229,11 +229,15 @@ class TestIndex:
         return frozen.item_ngrams
 
     def owners_of(self, gram_hash: int) -> list[tuple[str, int]]:
+        """The (source, index) of every test item holding the n-gram with this hash."""
+        return self.owners_of_many([gram_hash])[0]
+
+    def owners_of_many(self, gram_hashes: list[int]) -> list[list[tuple[str, int]]]:
         frozen = self.freeze()
-        key = np.array([gram_hash], dtype=np.uint64)
-        lo = int(np.searchsorted(frozen.occ_hash, key, side="left")[0])
-        hi = int(np.searchsorted(frozen.occ_hash, key, side="right")[0])
-        return [self.items[i] for i in sorted(set(frozen.occ_item[lo:hi].tolist()))]
+        keys = np.array(gram_hashes, dtype=np.uint64)
+        lows = np.searchsorted(frozen.occ_hash, keys, side="left").tolist()
+        highs = np.searchsorted(frozen.occ_hash, keys, side="right").tolist()
+        return [[self.items[i] for i in sorted(set(frozen.occ_item[lo:hi].tolist()))] for lo, hi in zip(lows, highs)]
 
 
 @dataclass
