@@ -2,7 +2,9 @@
 # evaluation is written as status "failed" with its reason; the sweep goes on. Benchmarks scored by
 # an LLM grader generate on the GPU, then are graded by a CPU job, so no GPU waits on the grader.
 
-UNGRADED = r"(?!(?:arenahardwriting|healthbench)/)[a-z0-9]+"  # the path goes on with /seed
+UNGRADED = (
+    r"(?!(?:arenahardwriting|healthbench)/)[a-z0-9]+"  # the path goes on with /seed
+)
 GRADED = r"arenahardwriting|healthbench"
 
 
@@ -12,13 +14,26 @@ rule evaluate:
         test="resources/benchmarks/{benchmark}/test.jsonl",
         meta="resources/benchmarks/{benchmark}/meta.json",
     output:
-        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+        report(
+            "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+            caption="../report/eval.rst",
+            category="Evaluations",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.log",
     wildcard_constraints:
         benchmark=UNGRADED,
     conda:
         "../envs/pipeline.yaml"
+    container:
+        "containers/eval.sif"
     threads: job_resources("evaluate", "threads", 2)
     resources:
         mem_mb=job_resources("evaluate", "mem_mb", 8000),
@@ -49,7 +64,18 @@ rule grade:
         test="resources/benchmarks/{benchmark}/test.jsonl",
         meta="resources/benchmarks/{benchmark}/meta.json",
     output:
-        "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+        report(
+            "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
+            caption="../report/eval.rst",
+            category="Evaluations",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.grade.log",
     wildcard_constraints:

@@ -10,11 +10,24 @@ rule judge:
     input:
         unpack(lambda wc: judge_rule_inputs(config, wc)),
     output:
-        "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
+        report(
+            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
+            caption="../report/verdict.rst",
+            category="Judge verdicts",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": "{benchmark}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "logs/judge/{agent}/{model}/{benchmark}/seed{seed}.log",
     conda:
         "../envs/pipeline.yaml"
+    container:
+        "containers/judge.sif"
     threads: job_resources("judge", "threads", 1)
     resources:
         mem_mb=job_resources("judge", "mem_mb", 4000),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import string
-from collections import defaultdict
 
 from posttrainbench.judge import ngrams
 from posttrainbench.judge.contamination import file_documents

@@ -70,6 +70,9 @@ def test_report_renders_in_headless_chromium_with_leaderboard_and_plots(report: 
         assert f">{row['score']}<" in table.group(0)
     images = re.findall(r'<img[^>]+src="data:image/png;base64,', text)
     assert len(images) >= 2
+    # The menu lists the leaderboard, the plots and the per-cell evidence.
+    for category in ("Leaderboard", "Plots", "Run records", "Evaluations", "Judge verdicts"):
+        assert f">{category}<" in text, category
 
     shot = tmp_path / "report.png"
     proc = _chromium([f"--screenshot={shot}", "--window-size=1280,1600", report.as_uri()], tmp_path / "profile-shot")

@@ -205,6 +205,7 @@ def test_proxy_refuses_host_loopback_without_a_forward(tmp_path: Path, host_serv
     assert record["egress_detail"] == [{"host": "127.0.0.1", "port": host_service, "connections": 0, "denied": 1}]
 
 
+@pytest.mark.slow
 def test_deadline_kills_sandboxed_agent_and_its_checkpoint_is_evaluated(tmp_path: Path, tiny_model_dir):
     """A stubborn agent writes final_model/ then ignores SIGTERM; SIGKILL ends the whole sandbox,
     the checkpoint is collected and the real harness scores it."""

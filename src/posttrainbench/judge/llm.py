@@ -87,7 +87,7 @@ def _read_limited(path: Path, limit: int) -> str:
 def build_context(*, checks: dict, workspace: Path, trace: Path | None, helper_files: set[str],
                   max_chars: int) -> str:
     """The user message: deterministic evidence, the agent's code files, the transcript's head and tail."""
-    from .forbidden import CODE_EXTENSIONS, SKIP_DIRS
+    from .forbidden import SKIP_DIRS
 
     evidence = {name: {"passed": c.get("passed"), "evidence": c.get("evidence")} for name, c in checks.items()}
     parts = ["## Deterministic evidence\n" + json.dumps(evidence, indent=1)]
