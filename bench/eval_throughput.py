@@ -28,19 +28,11 @@ BANDWIDTH_TB_S = {"H200": 4.8, "H100": 3.35, "A100": 2.0}  # HBM bandwidth of th
 
 def _weight_bytes(model_dir: Path, dtype: str) -> int:
     """Bytes of weights read per decode step: the parameter count (from the safetensors headers) × dtype size."""
-    import struct
+    import math
 
-    n = 0
-    for path in model_dir.glob("*.safetensors"):
-        with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, info in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in info["shape"]:
-                    count *= d
-                n += count
+    from posttrainbench.models import tensor_shapes
+
+    n = sum(math.prod(shape) for _dtype, shape in tensor_shapes(model_dir).values())
     return n * {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 

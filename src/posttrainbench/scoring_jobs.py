@@ -7,22 +7,12 @@ import logging
 import traceback
 from pathlib import Path
 
+from .benchmarks import headline_metric
 from .cells import Cell
 from .io import atomic_write_json, atomic_write_text, read_json
 from .agents.sandbox import now_iso as utc_now
 
 log = logging.getLogger(__name__)
-
-BENCHMARK_METRIC = {
-    "gsm8k": "exact_match",
-    "humaneval": "pass@1",
-    "aime2025": "exact_match",
-    "gpqamain": "exact_match",
-    "bfcl": "accuracy",
-    "arenahardwriting": "win_rate",
-    "healthbench": "rubric_score",
-}
-
 
 class EvaluationSetupError(RuntimeError):
     """The configured evaluation cannot run at all: the job fails loudly instead of recording a
@@ -83,7 +73,7 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
 
     record = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
-        "score": None, "metric": BENCHMARK_METRIC.get(cell.benchmark), "n": 0,
+        "score": None, "metric": headline_metric(cell.benchmark), "n": 0,
         "backend": backend, "status": "failed", "error": None,
         "run_status": run.get("status"), "evaluated": utc_now(), "attempts": [],
     }
