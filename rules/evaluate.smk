@@ -41,6 +41,7 @@ rule evaluate:
         gpu=job_resources("evaluate", "gpus", 0),
     params:
         evaluation=config["evaluation"],
+        prompting=evaluation_prompting,
         grade=True,
     script:
         "../scripts/evaluate.py"
@@ -55,6 +56,7 @@ use rule evaluate as generate_for_grader with:
         benchmark=GRADED,
     params:
         evaluation=config["evaluation"],
+        prompting=evaluation_prompting,
         grade=False,
 
 

@@ -32,9 +32,7 @@ rule stage_benchmark:
         mem_mb=2000,
         runtime=30,
     params:
-        source=lambda wc: config["evaluation"]["per_benchmark"]
-        .get(wc.benchmark, {})
-        .get("source"),
+        staging=benchmark_staging,
     script:
         "../scripts/stage_benchmark.py"
 

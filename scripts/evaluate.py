@@ -17,5 +17,6 @@ with logged(snakemake) as log:
         out_json=Path(snakemake.output[0]),
         threads=snakemake.threads,
         grade=snakemake.params.grade,
+        **snakemake.params.prompting,
     )
     log.info("eval %s: status=%s score=%s", record["benchmark"], record["status"], record["score"])

@@ -7,6 +7,9 @@ from posttrainbench.workflow import logged
 
 with logged(snakemake) as log:
     meta = stage_benchmark(
-        snakemake.wildcards.benchmark, Path(snakemake.output.test).parent, source=snakemake.params.source
+        snakemake.wildcards.benchmark,
+        Path(snakemake.output.test).parent,
+        source=snakemake.params.staging.get("source"),
+        subset=snakemake.params.staging.get("subset"),
     )
     log.info("staged %s", meta)

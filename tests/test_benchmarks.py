@@ -326,3 +326,32 @@ def test_healthbench_rubric_score(staged):
     assert bm.healthbench_item_score(record["rubrics"], [not m for m in ideal]) == 0.0
     with pytest.raises(ValueError, match="grades"):
         bm.healthbench_item_score(rubrics, [True])
+
+
+def test_healthbench_easy_subset_follows_the_published_rule(staged, tmp_path):
+    """The Easy selection keeps exactly the conversations with >= 5 turns, a completeness criterion and at most
+    two negative criteria; a local copy of the data is a valid source; other benchmarks have no subsets."""
+    full = _lines(staged["healthbench"] / "test.jsonl")
+
+    def easy(record):
+        tags = [t for c in record["rubrics"] for t in c.get("tags", [])]
+        negatives = [c for c in record["rubrics"] if c["points"] < 0]
+        return len(record["prompt"]) >= 5 and "axis:completeness" in tags and len(negatives) <= 2
+
+    meta = bm.stage_benchmark("healthbench", tmp_path / "easy", subset="easy")
+    kept = _lines(tmp_path / "easy" / "test.jsonl")
+    assert [r["id"] for r in kept] == [r["id"] for r in full if easy(r)]
+    assert 0 < meta["n"] == len(kept) < len(full) and meta["subset"]["name"] == "easy"
+    assert all(bm.healthbench_is_easy(r) for r in kept)
+
+    # A local file in the published layout (prompt_id, prompt, rubrics) is staged like the offline package.
+    local = tmp_path / "oss_eval.jsonl"
+    local.write_text("".join(json.dumps({"prompt_id": r["id"].split("/", 1)[1], "prompt": r["prompt"],
+                                         "rubrics": r["rubrics"], "example_tags": r["example_tags"]}) + "\n"
+                             for r in full))
+    from_file = bm.stage_benchmark("healthbench", tmp_path / "local", source=str(local), subset="easy")
+    assert from_file["sha256"] == meta["sha256"] and from_file["source"]["path"] == str(local)
+    with pytest.raises(bm.BenchmarkNotAvailable, match="gsm8k has no subset 'easy'"):
+        bm.stage_benchmark("gsm8k", tmp_path / "g", subset="easy")
+    with pytest.raises(bm.BenchmarkNotAvailable, match="neither a file nor an https URL"):
+        bm.stage_benchmark("healthbench", tmp_path / "h", source="ftp://example.org/x.jsonl")

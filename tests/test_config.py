@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from posttrainbench.cells import REFERENCE_AGENTS
 from posttrainbench.config import ConfigError, iter_cells, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +39,10 @@ def test_embedded_default_is_valid_and_gets_defaults():
 def test_published_matrix_cells():
     config = load_config(ROOT / "config" / "posttrainbench.yaml")
     cells = list(iter_cells(config))
-    coding_agents = [a for a in config["agents"] if a not in ("base", "instruct")]
+    coding_agents = [a for a in config["agents"] if a not in REFERENCE_AGENTS]
     assert len(coding_agents) >= 4
-    assert len(cells) == 4 * 7 * len(coding_agents) * 3 + 2 * 4 * 7
+    # The reference rows (base, base-fewshot, instruct) run once per base model and benchmark.
+    assert len(cells) == 4 * 7 * len(coding_agents) * 3 + 3 * 4 * 7
     assert len(set(cells)) == len(cells)
 
 
@@ -93,6 +95,32 @@ def test_reserved_reference_names():
     config["agents"]["base"] = {"type": "builtin", "recipe": "sft"}
     with pytest.raises(ConfigError, match="agents.base"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("agents, fragment", [
+    ({"base-fewshot": {"type": "builtin", "recipe": "base"}},
+     "'agents.base-fewshot' is reserved for the built-in 'base' recipe with prompting 'few-shot'"),
+    ({"my-base": {"type": "builtin", "recipe": "base", "prompting": "few-shot"}},
+     "'agents.my-base.recipe' is 'base'; the reference recipe 'base' must be registered under the agent name "
+     "'base' or 'base-fewshot'"),
+    ({"cc": {"type": "claude-code", "model": "m", "prompting": "few-shot"}},
+     "'agents.cc.prompting' applies to builtin agents only"),
+    ({"sft": {"type": "builtin", "recipe": "sft", "prompting": "zero-shot"}},
+     "config key 'agents.sft.prompting' has value 'zero-shot'"),
+])
+def test_prompting_is_checked(agents, fragment):
+    config = copy.deepcopy(DEFAULT)
+    config["agents"].update(agents)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert fragment in str(error.value)
+
+
+def test_fewshot_reference_row_is_valid():
+    config = copy.deepcopy(DEFAULT)
+    config["agents"]["base-fewshot"] = {"type": "builtin", "recipe": "base", "prompting": "few-shot"}
+    cells = list(iter_cells(validate_config(config)))
+    assert {c.agent for c in cells} == {"base", "base-fewshot", "reference-sft"}
 
 
 def test_weights_needed_without_instruct_row():

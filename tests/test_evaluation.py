@@ -20,7 +20,7 @@ from posttrainbench.evaluation import (
 
 RESULT_KEYS = {
     "score", "metric", "n", "backend", "device", "dtype", "limit", "max_gen_toks", "test_sha256", "duration_s",
-    "lm_eval_version", "generation_s",
+    "lm_eval_version", "generation_s", "apply_chat_template", "num_fewshot",
 }
 OFFLINE = ("aime2025", "arenahardwriting", "bfcl", "gsm8k", "healthbench", "humaneval")
 
@@ -249,3 +249,130 @@ def test_family_comes_from_the_model_config_not_the_path(tiny_model_dir, tmp_pat
     (misleading / "config.json").write_text('{"model_type": "gemma3_text"}')
     assert detect_family(misleading) == "gemma3"
     assert detect_family(tmp_path / "absent") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# forced chat templates and few-shot prompting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_configured_family_wins_and_auto_detects(tiny_model_dir, tmp_path):
+    from posttrainbench.evaluation import resolve_family
+
+    assert resolve_family("gemma3", tiny_model_dir) == "gemma3"
+    assert resolve_family("auto", tiny_model_dir) == "qwen3"
+    llama = tmp_path / "m"
+    llama.mkdir()
+    (llama / "config.json").write_text('{"model_type": "llama"}')
+    assert resolve_family("auto", llama) is None
+    with pytest.raises(EvaluationError, match="family must be one of"):
+        resolve_family("llama3", llama)
+
+
+def test_chatml_template_renders_like_smollm2s_own(smollm2_dir):
+    """The forced smollm/qwen3 template gives SmolLM2's own ChatML turns (its default system prompt aside),
+    and keeps a pre-filled assistant answer open, as HumanEval's code fence needs."""
+    from transformers import AutoTokenizer
+
+    from posttrainbench.evaluation import family_chat_template
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+    own = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    forced = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                     chat_template=family_chat_template("smollm"))
+    assert forced == own
+    # Without a system turn SmolLM2 injects its own; the forced template does not.
+    plain = tok.apply_chat_template(chat[1:2], tokenize=False, add_generation_prompt=True,
+                                    chat_template=family_chat_template("smollm"))
+    assert plain == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    prefilled = tok.apply_chat_template(chat[1:2] + [{"role": "assistant", "content": "```python\n"}],
+                                        tokenize=False, continue_final_message=True,
+                                        chat_template=family_chat_template("qwen3"))
+    assert prefilled.endswith("<|im_start|>assistant\n```python\n")
+    no_think = tok.apply_chat_template(chat[1:2], tokenize=False, add_generation_prompt=True, enable_thinking=False,
+                                       chat_template=family_chat_template("qwen3"))
+    assert no_think.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_gemma3_template_turns(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from posttrainbench.evaluation import family_chat_template
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                   chat_template=family_chat_template("gemma3"))
+    assert text == (f"{tok.bos_token}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+                    "<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n"
+                    "<start_of_turn>model\n")
+
+
+@pytest.mark.parametrize("benchmark", ["gsm8k", "aime2025", "gpqamain", "bfcl", "arenahardwriting", "healthbench"])
+def test_fewshot_demonstrations_are_right_and_render_in_order(bench_root, tmp_path, benchmark):
+    """Every shipped demonstration is scored correct by the benchmark's own scorer, and lm-eval puts all of
+    them, in order, with their worked answers, before the test item."""
+    from lm_eval.tasks import TaskManager
+
+    from posttrainbench.evaluation import default_num_fewshot, fewshot_demos
+
+    demos = fewshot_demos(benchmark)
+    assert len(demos) == default_num_fewshot(benchmark) >= 2
+    for demo in demos:
+        if benchmark == "gsm8k":
+            assert bm.gsm8k_is_correct(demo["demo_answer"], demo["answer"])
+        elif benchmark == "aime2025":
+            assert bm.aime_is_correct(demo["demo_answer"], demo["answer"])
+        elif benchmark == "gpqamain":
+            assert bm.gpqa_is_correct(demo["demo_answer"], demo["answer"])
+        elif benchmark == "bfcl":
+            names = [next(iter(call)) for call in bm.decode_function_calls(demo["demo_answer"])]
+            assert names == [f["name"] for f in demo["function"]][: len(names)]
+    if benchmark == "gpqamain":  # not stageable offline: any file in its staged format will do
+        test_file = tmp_path / "gpqa.jsonl"
+        test_file.write_text(json.dumps({"id": "q", "question": "Q?", "choices": list("wxyz"), "answer": "C"}) + "\n")
+    else:
+        test_file = bench_root / benchmark / "test.jsonl"
+    config = build_task_config(benchmark, test_file, max_gen_toks=16, apply_chat_template=False,
+                               num_fewshot=len(demos), cache_dir=str(tmp_path / "cache"))
+    task = TaskManager(include_defaults=False).load([config])["tasks"][f"ptb_{benchmark}"]
+    doc = next(iter(task.test_docs()))
+    context = task.fewshot_context(doc, num_fewshot=len(demos))
+    positions = [context.index(demo["demo_answer"]) for demo in demos]
+    assert positions == sorted(positions)
+    assert context.endswith(task.doc_to_text(doc)) and context.index(task.doc_to_text(doc)) > positions[-1]
+    assert "<|im_start|>" not in context
+
+
+def test_fewshot_arguments_are_checked(bench_root):
+    test_file = bench_root / "gsm8k" / "test.jsonl"
+    with pytest.raises(EvaluationError, match="needs apply_chat_template=False"):
+        build_task_config("gsm8k", test_file, max_gen_toks=8, apply_chat_template=True, num_fewshot=2)
+    with pytest.raises(EvaluationError, match="has 4 few-shot demonstrations, not 9"):
+        build_task_config("gsm8k", test_file, max_gen_toks=8, apply_chat_template=False, num_fewshot=9)
+    with pytest.raises(EvaluationError, match="has 0 few-shot demonstrations"):
+        build_task_config("humaneval", bench_root / "humaneval" / "test.jsonl", max_gen_toks=8,
+                          apply_chat_template=False, num_fewshot=1)
+
+
+def test_forced_template_and_fewshot_reach_the_model(smollm2_dir, bench_root, tmp_path):
+    """On SmolLM2: chat prompting sends the family's template (not the checkpoint's, which would add its
+    default system prompt); few-shot prompting sends the demonstrations as plain text."""
+    from posttrainbench.evaluation import family_chat_template
+
+    chat_samples, fewshot_samples = tmp_path / "chat.jsonl", tmp_path / "fewshot.jsonl"
+    chat = _evaluate(smollm2_dir, "gsm8k", bench_root / "gsm8k", limit=1, samples_path=chat_samples,
+                     chat_template=family_chat_template("smollm"))
+    fewshot = _evaluate(smollm2_dir, "gsm8k", bench_root / "gsm8k", limit=1, samples_path=fewshot_samples,
+                        apply_chat_template=False, num_fewshot=4, max_gen_toks=48)
+    assert chat["apply_chat_template"] is True and chat["num_fewshot"] == 0
+    assert fewshot["apply_chat_template"] is False and fewshot["num_fewshot"] == 4
+    chat_prompt = _read_jsonl(chat_samples)[0]["prompt"]
+    assert chat_prompt.startswith("<|im_start|>user\n") and "named SmolLM" not in chat_prompt
+    record = _read_jsonl(fewshot_samples)[0]
+    assert record["prompt"].startswith("Question: A baker makes 24 muffins")
+    assert record["prompt"].endswith("Question: " + bm.read_test_records(bench_root / "gsm8k")[0]["question"] + "\nAnswer:")
+    assert "Question:" not in record["response"]  # generation stops where a next demonstration would begin

@@ -123,3 +123,25 @@ def test_healthbench_grading_with_a_scripted_grader(tmp_path):
     result = run(flaky)
     assert result == {"score": 1.0, "n_graded": 1, "n_errors": 1, "grader_model": "scripted"}
     assert len(calls) == len(records[0]["rubrics"]) + len(records[1]["rubrics"])
+
+
+def test_grader_sees_the_answer_without_its_reasoning_block(tmp_path):
+    """A thinking model's ``<think>`` block is not shown to the grader, only the answer after it (canned
+    replies stand in for the remote LLM)."""
+    bm.stage_benchmark("arenahardwriting", tmp_path / "ah")
+    record = bm.read_test_records(tmp_path / "ah")[0]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"id": record["id"],
+                                   "response": "<think>\nplan the poem, secret notes\n</think>\n\nA poem."}) + "\n")
+    seen = []
+
+    def ask(system, user, schema=None):
+        seen.append(user)
+        return "[[A=B]]"
+
+    settings = graders.GraderSettings(base_url="http://unused/v1", model="scripted", structured=False)
+    result = graders.grade_samples("arenahardwriting", samples, tmp_path / "ah", settings, ask=ask)
+    assert result["score"] == 0.5 and len(seen) == 2
+    assert all("A poem." in user and "secret notes" not in user and "<think>" not in user for user in seen)
+    assert bm.final_answer("no reasoning here") == "no reasoning here"
+    assert bm.final_answer("<think>unfinished") == "<think>unfinished"

@@ -45,6 +45,10 @@ def published_tree(tmp_path: Path) -> Path:
         agent, model = ("base", BASE_NAME[name]) if name in BASE_NAME else ("instruct", INSTRUCT_NAME[name])
         for benchmark, score in row.items():
             _write_eval(tmp_path, agent, model, benchmark, 1, float(score))
+    for row in _rows("aggregated_baseline_fewshot.csv"):
+        model = BASE_NAME[row.pop("model")]
+        for benchmark, score in row.items():
+            _write_eval(tmp_path, "base-fewshot", model, benchmark, 1, float(score))
     for row in _rows("aggregated_avg_Opus-4.6.csv"):
         model = BASE_NAME[row.pop("model")]
         for benchmark, score in row.items():
@@ -72,6 +76,11 @@ def test_ptb_leaderboard_reproduces_published_weights_and_scores(published_tree:
     assert round(float(board["instruct"]["score"]), 1) == 51.1
     assert round(float(board["claude-code-opus-4.6"]["score"]), 1) == 23.2
     assert board["base"]["reference"] == "True" and board["claude-code-opus-4.6"]["reference"] == "False"
+    # The few-shot baseline is a reference row scored with the same weights (it does not set them).
+    assert board["base-fewshot"]["reference"] == "True"
+    fewshot = _rows("aggregated_baseline_fewshot.csv")
+    expected = 100 * sum(value * sum(float(r[b]) for r in fewshot) / len(fewshot) for b, value in published.items())
+    assert abs(float(board["base-fewshot"]["score"]) - expected) < 1e-3  # the CSV rounds to 4 decimals
     # Per-benchmark columns are means over the four base models, on the 0-100 scale.
     assert abs(float(board["base"]["gsm8k"]) - 100 * (0.12661106899166036 + 0.4184988627748294
                                                         + 0.21076573161485973 + 0.06141015921152388) / 4) < 1e-3

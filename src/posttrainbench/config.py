@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 import jsonschema
 import yaml
 
-from .cells import REFERENCE_AGENTS, Cell
+from .cells import REFERENCE_RECIPES, Cell
 
 SCHEMA_RESOURCE = "schema.yaml"
 
@@ -123,13 +123,21 @@ def validate_config(config: dict) -> dict:
 def _check_semantics(config: dict) -> None:
     agents = config["agents"]
     for name, spec in agents.items():
-        if spec["type"] == "builtin" and spec["recipe"] in REFERENCE_AGENTS and name != spec["recipe"]:
+        recipe_and_prompting = (spec.get("recipe"), spec.get("prompting", "chat"))
+        if spec["type"] == "builtin" and spec["recipe"] in ("base", "instruct") and name not in REFERENCE_RECIPES:
+            names = " or ".join(repr(n) for n, (r, _) in REFERENCE_RECIPES.items() if r == spec["recipe"])
             raise ConfigError(
                 f"config key 'agents.{name}.recipe' is {spec['recipe']!r}; the reference recipe "
-                f"{spec['recipe']!r} must be registered under the agent name {spec['recipe']!r}"
+                f"{spec['recipe']!r} must be registered under the agent name {names}"
             )
-        if name in REFERENCE_AGENTS and not (spec["type"] == "builtin" and spec.get("recipe") == name):
-            raise ConfigError(f"config key 'agents.{name}' is reserved for the built-in {name!r} recipe")
+        if name in REFERENCE_RECIPES and not (spec["type"] == "builtin"
+                                              and recipe_and_prompting == REFERENCE_RECIPES[name]):
+            recipe, prompting = REFERENCE_RECIPES[name]
+            raise ConfigError(f"config key 'agents.{name}' is reserved for the built-in {recipe!r} recipe "
+                              f"with prompting {prompting!r}")
+        if "prompting" in spec and spec["type"] != "builtin":
+            raise ConfigError(f"config key 'agents.{name}.prompting' applies to builtin agents only "
+                              "(post-trained checkpoints are scored with the chat protocol)")
     if "instruct" in agents:
         missing = [m for m, spec in config["models"].items() if not spec.get("instruct")]
         if missing:

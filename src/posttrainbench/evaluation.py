@@ -111,6 +111,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
 # Chat-template families by the ``model_type`` in a checkpoint's config.json (never by its path).
 FAMILY_BY_MODEL_TYPE = {"qwen3": "qwen3", "qwen3_moe": "qwen3", "gemma3": "gemma3", "gemma3_text": "gemma3",
                         "smollm3": "smollm"}
+# The template forced on every checkpoint of a family, so a submission cannot gain or lose points by
+# shipping its own template: ChatML turns for qwen3 and smollm, Gemma turns for gemma3.
+TEMPLATE_FILE_BY_FAMILY = {"qwen3": "chatml.jinja", "smollm": "chatml.jinja", "gemma3": "gemma3.jinja"}
+FAMILIES = tuple(TEMPLATE_FILE_BY_FAMILY)
 
 
 def detect_family(model_dir: Path) -> str | None:
@@ -120,6 +124,24 @@ def detect_family(model_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return FAMILY_BY_MODEL_TYPE.get(model_type)
+
+
+def resolve_family(configured: str | None, model_dir: Path) -> str | None:
+    """The family whose template is forced: the configured one (``models.<name>.family``), or for ``auto``
+    the one detected from the checkpoint's config.json; ``None`` when neither names a known family."""
+    if configured and configured != "auto":
+        if configured not in TEMPLATE_FILE_BY_FAMILY:
+            raise EvaluationError(f"chat-template family must be one of {', '.join(FAMILIES)} or auto, "
+                                  f"not {configured!r}")
+        return configured
+    return detect_family(model_dir)
+
+
+def family_chat_template(family: str) -> str:
+    """The Jinja chat template forced on checkpoints of ``family``."""
+    if family not in TEMPLATE_FILE_BY_FAMILY:
+        raise EvaluationError(f"no chat template for family {family!r} (known: {', '.join(FAMILIES)})")
+    return (Path(__file__).parent / "chat_templates" / TEMPLATE_FILE_BY_FAMILY[family]).read_text()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,17 +266,88 @@ def _graded_task(benchmark: str) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# few-shot prompting: the base-model baseline row (plain text, no chat template, as published)
+# ----------------------------------------------------------------------------------------------------------------
+
+FEWSHOT_DIR = Path(__file__).parent / "fewshot"
+
+
+def fewshot_demos(benchmark: str) -> list[dict[str, Any]]:
+    """The benchmark's worked demonstrations (shipped with the package, none drawn from a test set), in the
+    test items' format plus ``demo_answer``; empty for HumanEval, whose plain prompt is the function stub."""
+    path = FEWSHOT_DIR / f"{benchmark}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def default_num_fewshot(benchmark: str) -> int:
+    """Every shipped demonstration."""
+    return len(fewshot_demos(benchmark))
+
+
+def _transcript(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
+
+
+def _gpqa_plain(doc: dict) -> str:
+    a, b, c, d = doc["choices"]
+    return f"Question: {doc['question']}\nA) {a}\nB) {b}\nC) {c}\nD) {d}\nReasoning:"
+
+
+# Per benchmark: the plain-text item (its demonstration's answer follows after a space) and the stop strings
+# that end the reply where a next item would begin.
+_FEWSHOT_FORMATS: dict[str, tuple[Any, list[str]]] = {
+    "gsm8k": (lambda doc: GSM8K_PLAIN_PROMPT.format(question=doc["question"]), _GSM8K_PLAIN_UNTIL),
+    "aime2025": (lambda doc: f"Problem: {doc['problem']}\nSolution:", ["\n\nProblem:", "\n\n\n\n"]),
+    "gpqamain": (_gpqa_plain, ["\n\nQuestion:", "\n\n\n\n"]),
+    "bfcl": (lambda doc: f"Functions:\n{json.dumps(doc['function'])}\nRequest: {_bfcl_request(doc)}\nCalls:",
+             ["\n\n", "\nFunctions:"]),
+    "arenahardwriting": (lambda doc: f"Instruction: {doc['prompt']}\nResponse:", ["\n\nInstruction:"]),
+    "healthbench": (lambda doc: _transcript(doc["prompt"]), ["\n\nUser:"]),
+}
+
+
+def _fewshot_overrides(benchmark: str, num_fewshot: int, specific: dict[str, Any]) -> dict[str, Any]:
+    """Turn a task config into its plain few-shot form: ``num_fewshot`` demonstrations, in order, each
+    followed by its worked answer."""
+    demos = fewshot_demos(benchmark)
+    if num_fewshot > len(demos):
+        raise EvaluationError(f"{benchmark} has {len(demos)} few-shot demonstrations, not {num_fewshot} "
+                              "(lower evaluation.per_benchmark.<benchmark>.num_fewshot)")
+    gold = specific["doc_to_target"]
+    doc_to_text, until = _FEWSHOT_FORMATS[benchmark]
+    specific.update(
+        doc_to_text=doc_to_text,
+        # A demonstration shows its worked answer; a test item's target stays its gold answer.
+        doc_to_target=lambda doc: doc["demo_answer"] if "demo_answer" in doc else gold(doc),
+        until=until,
+        num_fewshot=num_fewshot,
+        fewshot_config={"sampler": "first_n", "samples": demos[:num_fewshot]},
+        target_delimiter=" ",
+        fewshot_delimiter="\n\n",
+    )
+    return specific
+
+
 def build_task_config(
     benchmark: str,
     test_file: Path,
     *,
     max_gen_toks: int,
     apply_chat_template: bool,
+    num_fewshot: int = 0,
     code_timeout: float = 10.0,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
-    """An lm-eval task config dict (callables inline) that reads ``test_file`` with the datasets json builder."""
+    """An lm-eval task config dict (callables inline) that reads ``test_file`` with the datasets json builder.
+
+    ``num_fewshot`` > 0 gives the plain few-shot form (see :func:`fewshot_demos`); it needs
+    ``apply_chat_template=False``."""
     bm.require_implemented(benchmark)
+    if num_fewshot and apply_chat_template:
+        raise EvaluationError("few-shot prompts are plain text: num_fewshot > 0 needs apply_chat_template=False")
     if benchmark == "gsm8k":
         specific = _gsm8k_task(apply_chat_template)
     elif benchmark == "humaneval":
@@ -269,6 +362,8 @@ def build_task_config(
         specific = _graded_task(benchmark)
     else:  # pragma: no cover - registry and dispatch must agree
         raise bm.BenchmarkNotAvailable(f"benchmark {benchmark!r} has no task config")
+    if num_fewshot:
+        specific = _fewshot_overrides(benchmark, int(num_fewshot), specific)
     until = specific.pop("until")
     dataset_kwargs: dict[str, Any] = {"data_files": {"test": str(test_file)}}
     if cache_dir is not None:
@@ -331,8 +426,8 @@ def _load_hf(model_dir: Path, device: str, dtype: str, batch_size: int):
 
 @contextlib.contextmanager
 def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_size: int, max_gen_toks: int,
-            apply_chat_template: bool, max_model_len: int = 4096, request_timeout: float = 3600,
-            server_log: Path | None = None, server=None):
+            apply_chat_template: bool, chat_template: str | None = None, max_model_len: int = 4096,
+            request_timeout: float = 3600, server_log: Path | None = None, server=None):
     """The lm-eval model of ``backend`` for ``model_dir``, loaded once for the block.
 
     ``hf``: transformers in this process (lm-eval's ``HFLM``). ``vllm``: a vLLM OpenAI-compatible server on
@@ -340,12 +435,13 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
     model; the chat template is rendered and tokenised here with the checkpoint's tokenizer and the token ids
     are sent, so both backends see identical prompts. The server stops when the block ends. ``server``: an
     already running server of this checkpoint (``.base_url``, ``.model``) to use instead of starting one.
+    ``chat_template``: Jinja text that replaces the checkpoint's own template (see :func:`family_chat_template`).
     """
     if backend not in BACKENDS:
         raise EvaluationError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "hf":
         lm = _load_hf(model_dir, device, dtype, batch_size)
-        _check_chat_template(lm.tokenizer, model_dir, apply_chat_template)
+        _set_chat_template(lm.tokenizer, model_dir, apply_chat_template, chat_template)
         try:
             yield lm
         finally:
@@ -371,14 +467,16 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
             max_gen_toks=int(max_gen_toks), max_length=int(max_model_len), timeout=int(request_timeout),
             max_retries=1,
         )
-        _check_chat_template(lm.tokenizer, model_dir, apply_chat_template)
+        _set_chat_template(lm.tokenizer, model_dir, apply_chat_template, chat_template)
         yield lm
     finally:
         if owned:
             server.stop()
 
 
-def _check_chat_template(tokenizer, model_dir: Path, apply_chat_template: bool) -> None:
+def _set_chat_template(tokenizer, model_dir: Path, apply_chat_template: bool, chat_template: str | None) -> None:
+    if apply_chat_template and chat_template:
+        tokenizer.chat_template = chat_template
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise EvaluationError(
             f"checkpoint {model_dir} has no chat template but apply_chat_template=True "
@@ -462,6 +560,8 @@ def evaluate_checkpoint(
     samples_path: Path | None,
     code_timeout: float = 10.0,
     apply_chat_template: bool = True,
+    chat_template: str | None = None,
+    num_fewshot: int = 0,
     backend: str = "hf",
     timeout_seconds: float | None = None,
     max_model_len: int = 4096,
@@ -472,7 +572,9 @@ def evaluate_checkpoint(
 
     ``limit`` takes the first N test items (None = all); ``max_gen_toks`` None uses the benchmark's default.
     Generation is greedy, through ``backend`` (``hf`` or ``vllm``, see :func:`open_lm`), and must end within
-    ``timeout_seconds`` (None = no limit). Returns ``{"score", "metric", "n", "backend", "device", "dtype",
+    ``timeout_seconds`` (None = no limit). ``chat_template`` (Jinja text) replaces the checkpoint's own
+    template; ``num_fewshot`` > 0 prompts with that many worked demonstrations as plain text (needs
+    ``apply_chat_template=False``). Returns ``{"score", "metric", "n", "backend", "device", "dtype",
     "limit", "max_gen_toks", "test_sha256", "duration_s", "generation_s", "lm_eval_version"}``. With
     ``samples_path`` the per-item records (doc_id, id, prompt, response, extracted, target, correct) are written
     there as JSONL, atomically. For graded benchmarks (Arena-Hard, HealthBench) ``score`` is ``None`` and
@@ -516,11 +618,11 @@ def evaluate_checkpoint(
     with tempfile.TemporaryDirectory(prefix="ptb-eval-datasets-") as cache_dir, time_limit(timeout_seconds):
         config = build_task_config(
             benchmark, test_file, max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
-            code_timeout=code_timeout, cache_dir=cache_dir,
+            num_fewshot=num_fewshot, code_timeout=code_timeout, cache_dir=cache_dir,
         )
         with open_lm(backend, model_dir, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size,
                      max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
-                     max_model_len=max_model_len, request_timeout=timeout_seconds or 3600,
+                     chat_template=chat_template, max_model_len=max_model_len, request_timeout=timeout_seconds or 3600,
                      server_log=server_log, server=server) as lm:
             generation_started = time.monotonic()
             try:
@@ -561,6 +663,8 @@ def evaluate_checkpoint(
         "dtype": resolved_dtype,
         "limit": limit,
         "max_gen_toks": gen_toks,
+        "apply_chat_template": apply_chat_template,
+        "num_fewshot": int(num_fewshot),
         "test_sha256": meta["sha256"],
         "duration_s": round(time.monotonic() - started, 2),
         "generation_s": round(generation_s, 2),
@@ -582,4 +686,7 @@ __all__: list[str] = [
     "evaluate_checkpoint",
     "resolve_device",
     "resolve_dtype",
+    "resolve_family",
+    "family_chat_template",
+    "fewshot_demos",
 ]

@@ -211,7 +211,7 @@ def grade_samples(benchmark: str, samples_path: Path, benchmark_dir: Path, setti
 
     def grade(sample: dict) -> dict:
         try:
-            return grade_item(ask, records[sample["id"]], sample["response"])
+            return grade_item(ask, records[sample["id"]], bm.final_answer(sample["response"]))
         except GraderError as exc:
             return {"score": None, "error": str(exc)[:300]}
 

@@ -45,7 +45,7 @@ def plot_leaderboard(board: pd.DataFrame, path: Path, weights_source: str = "") 
     ax.set_title(title, fontsize=11)
     handles = [plt.Rectangle((0, 0), 1, 1, color=AGENT_COLOR),
                plt.Rectangle((0, 0), 1, 1, facecolor=REFERENCE_COLOR, hatch="//")]
-    ax.legend(handles, ["agent", "reference (base / instruct)"], loc="lower right", fontsize=8)
+    ax.legend(handles, ["agent", "reference row"], loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
 

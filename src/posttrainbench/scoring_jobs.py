@@ -60,8 +60,12 @@ def max_tokens_ladder(first: int, retries: int) -> list[int]:
 
 
 def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: dict, out_json: Path,
-                  threads: int = 1, grade: bool = True) -> dict:
+                  threads: int = 1, grade: bool = True, prompting: str = "chat", family: str = "auto") -> dict:
     """Evaluate the cell's ``final_model`` on its benchmark and write the eval JSON.
+
+    ``prompting`` ``chat``: zero-shot through a chat template, the ``family``'s forced one (configured, or
+    ``auto`` = detected from the checkpoint) unless ``evaluation.chat_template`` is ``checkpoint``;
+    ``few-shot``: plain-text worked demonstrations, no chat template (the base-fewshot reference row).
 
     A failed or timed-out generation is retried down the max-token ladder; what still fails is recorded as
     ``status: failed`` with the reason (the leaderboard then scores the cell as the base model). Graded
@@ -87,9 +91,10 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
     import torch
 
     torch.set_num_threads(max(1, threads))
-    from .evaluation import EvaluationError, detect_family, evaluate_checkpoint
+    from .evaluation import EvaluationError, evaluate_checkpoint
 
-    record["chat_family"] = detect_family(Path(checkpoint))
+    prompt = prompt_settings(cell.benchmark, Path(checkpoint), prompting, family, options)
+    record.update({k: v for k, v in prompt.items() if k != "chat_template"})
 
     for max_gen_toks in max_tokens_ladder(first, options.get("retries", 2)):
         try:
@@ -101,6 +106,9 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
                 device=options.get("device", "auto"),
                 dtype=options.get("dtype", "auto"),
                 samples_path=samples_path(out_json),
+                apply_chat_template=prompt["apply_chat_template"],
+                chat_template=prompt["chat_template"],
+                num_fewshot=prompt["num_fewshot"],
                 code_timeout=options.get("code_timeout_seconds", 10),
                 backend=backend,
                 timeout_seconds=options.get("timeout_seconds"),
@@ -128,6 +136,31 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
             return grade_cell(out_json, benchmark_dir=benchmark_dir, options=options)
     atomic_write_json(out_json, record)
     return record
+
+
+def prompt_settings(benchmark: str, checkpoint: Path, prompting: str, family: str, options: dict) -> dict:
+    """How the checkpoint is prompted: ``apply_chat_template``, ``chat_template`` (Jinja text forced on it, or
+    ``None`` for its own), ``num_fewshot``, plus what the eval JSON records of it (``prompting``,
+    ``chat_family``, ``chat_template_source``: ``family:<name>``, ``checkpoint`` or ``none``)."""
+    from .evaluation import default_num_fewshot, family_chat_template, resolve_family
+
+    if prompting not in ("chat", "few-shot"):
+        raise EvaluationSetupError(f"prompting must be chat or few-shot, not {prompting!r}")
+    resolved = resolve_family(family, checkpoint)
+    settings = {"prompting": prompting, "chat_family": resolved, "apply_chat_template": prompting == "chat",
+                "chat_template": None, "num_fewshot": 0, "chat_template_source": "none"}
+    if prompting == "few-shot":
+        per = options.get("per_benchmark", {}).get(benchmark, {})
+        settings["num_fewshot"] = int(per.get("num_fewshot", default_num_fewshot(benchmark)))
+        return settings
+    if options.get("chat_template", "family") == "family" and resolved:
+        settings.update(chat_template=family_chat_template(resolved), chat_template_source=f"family:{resolved}")
+    else:
+        if options.get("chat_template", "family") == "family":
+            log.warning("no chat-template family for %s (set models.<name>.family): its own template is used",
+                        checkpoint)
+        settings["chat_template_source"] = "checkpoint"
+    return settings
 
 
 def grade_cell(generated_json: Path, *, benchmark_dir: Path, options: dict, out_json: Path | None = None) -> dict:
