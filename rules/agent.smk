@@ -27,7 +27,7 @@ rule run_agent:
     threads: job_resources("agent", "threads", 2)
     resources:
         mem_mb=job_resources("agent", "mem_mb", 8000),
-        runtime=agent_runtime_minutes,
+        runtime=agent_runtime_minutes(),
         gpu=job_resources("agent", "gpus", 0),
     params:
         spec=lambda wc: agent_spec(config, wc.agent),

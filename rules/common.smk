@@ -85,7 +85,8 @@ def job_resources(stage, key, default=None):
     return config["resources"][stage].get(key, default)
 
 
-def agent_runtime_minutes(wildcards):
-    """The budget plus grace and an allowance for collecting the checkpoint."""
+def agent_runtime_minutes():
+    """The budget plus grace and an allowance for collecting the checkpoint (a constant: a per-job callable
+    would cost planning time on large matrices)."""
     budget = config["budget"]
     return int(budget["hours"] * 60 + budget["grace_seconds"] / 60 + 10)

@@ -3,7 +3,30 @@
 # use; an LLM judge on top when configured. Settings are params: changing them re-runs only this
 # rule and the scoring.
 
-from posttrainbench.judge import judge_rule_inputs, judge_settings
+from posttrainbench.judge import (
+    judge_rule_inputs,
+    judge_settings,
+    reference_data_inputs,
+)
+
+
+# One manifest stands for every test set and allowed data set: each judge job then has a handful of inputs,
+# which keeps planning the full matrix fast.
+rule judge_reference_data:
+    input:
+        **reference_data_inputs(config),
+    output:
+        "resources/judge/reference_data.json",
+    log:
+        "logs/judge/reference_data.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/judge_reference_data.py"
 
 
 rule judge:

@@ -110,6 +110,7 @@ def embedded_run(tmp_path_factory) -> Path:
     config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 4, "max_gen_toks": 128},
                                              "humaneval": {"limit": 3, "max_gen_toks": 160}}
     config["agents"]["reference-sft"]["sft"].update(max_steps=3, max_examples=64, max_length=256)
+    config["agents"]["base-fewshot"] = {"type": "builtin", "recipe": "base", "prompting": "few-shot"}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake("--profile", str(ROOT / "profiles" / "default"), "--snakefile", str(ROOT / "Snakefile"),
                      "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2")
@@ -128,19 +129,27 @@ def test_embedded_default_end_to_end(embedded_run: Path):
     results = embedded_run / "results"
     with open(results / "leaderboard.csv") as handle:
         board = {row["agent"]: row for row in csv.DictReader(handle)}
-    assert set(board) == {"base", "reference-sft"}
+    assert set(board) == {"base", "base-fewshot", "reference-sft"}
+    assert [board[a]["reference"] for a in ("base", "base-fewshot", "reference-sft")] == ["True", "True", "False"]
     for row in board.values():
         assert 0 <= float(row["score"]) <= 100
         assert row["n_cells"] == "2" and row["n_failed"] == "0" and row["n_unjudged"] == "0"
         assert {"gsm8k", "humaneval"} <= set(row)
     weights = json.loads((results / "leaderboard.weights.json").read_text())
     assert weights["source"] == "config"
-    for agent in ("base", "reference-sft"):
+    for agent in ("base", "base-fewshot", "reference-sft"):
         for bench, n in (("gsm8k", 4), ("humaneval", 3)):
             record = json.loads((results / "evals" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
             assert record["status"] == "ok", record
             assert record["n"] == n and 0 <= record["score"] <= 1 and record["backend"] == "hf"
             assert len(record["test_sha256"]) == 64
+            # Post-trained and zero-shot rows get the smollm family's template; the few-shot row plain text.
+            if agent == "base-fewshot":
+                assert (record["prompting"], record["apply_chat_template"], record["chat_template_source"]) == \
+                    ("few-shot", False, "none")
+                assert record["num_fewshot"] == (4 if bench == "gsm8k" else 0)
+            else:
+                assert (record["prompting"], record["chat_template_source"]) == ("chat", "family:smollm")
             verdict = json.loads((results / "judge" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
             assert verdict["flagged"] is False
             assert all(check["passed"] for check in verdict["checks"].values()), verdict
