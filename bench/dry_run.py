@@ -1,6 +1,7 @@
-"""Planning time of the published matrix: `snakemake -n` with config/posttrainbench.yaml, against two
-baselines measured in the same run: Snakemake's own start-up (`snakemake --version`) and the dry run of
-the embedded default (a handful of jobs).
+"""Planning time of the published matrix: `snakemake -n` with config/posttrainbench.yaml, against three
+baselines measured in the same run: Snakemake's own start-up (`snakemake --version`), the dry run of the
+embedded default (a handful of jobs), and the dry run of a trivial workflow with as many jobs as the
+published plan (three one-input shell rules, nothing else): the floor Snakemake's per-job cost sets.
 
     python bench/dry_run.py [--repeat 3]
 
@@ -42,6 +43,11 @@ def main() -> None:
                                       "--configfile", str(ROOT / "config" / "posttrainbench.yaml")],
     }
     medians, jobs = {}, {}
+    trivial = Path(tempfile.mkdtemp(prefix="ptb-trivial-plan-"))
+    published_jobs = _job_count(["-n", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
+                                 str(ROOT / "config" / "posttrainbench.yaml")])
+    _write_trivial_workflow(trivial, published_jobs)
+    cases["dry run, trivial workflow"] = ["-n", "--snakefile", str(trivial / "Snakefile"), "--cores", "1"]
     for name, argv in cases.items():
         runs = []
         for _ in range(args.repeat):
@@ -59,6 +65,43 @@ def main() -> None:
     extra = jobs["dry run, published matrix"] - jobs["dry run, embedded default"]
     if extra > 0:
         print(f"planning cost per extra job:       {(published - small) / extra * 1000:5.2f} ms")
+    floor = medians["dry run, trivial workflow"]
+    print(f"published plan / trivial plan:     {published / floor:5.2f}x  (same job count; 1.00 = Snakemake's floor)")
+
+
+def _job_count(argv: list[str]) -> int:
+    _, out = timed(argv)
+    return int(re.search(r"^total\s+(\d+)", out, re.MULTILINE).group(1))
+
+
+def _write_trivial_workflow(root: Path, n_jobs: int) -> None:
+    """Three chained one-input shell rules with ``n_jobs`` jobs in all (plus the target rule)."""
+    per_rule = max(1, (n_jobs - 1) // 3)
+    (root / "Snakefile").write_text(f"""N = range({per_rule})
+
+rule all:
+    input: expand("c/{{i}}.txt", i=N), expand("b/{{i}}.txt", i=N)
+
+rule a:
+    output: "a/{{i}}.txt"
+    log: "logs/a/{{i}}.log"
+    resources: mem_mb=1000, runtime=10
+    shell: "touch {{output}}"
+
+rule b:
+    input: "a/{{i}}.txt"
+    output: "b/{{i}}.txt"
+    log: "logs/b/{{i}}.log"
+    resources: mem_mb=1000, runtime=10
+    shell: "touch {{output}}"
+
+rule c:
+    input: "a/{{i}}.txt"
+    output: "c/{{i}}.txt"
+    log: "logs/c/{{i}}.log"
+    resources: mem_mb=1000, runtime=10
+    shell: "touch {{output}}"
+""")
 
 
 if __name__ == "__main__":
