@@ -1,6 +1,7 @@
 # Score each submitted checkpoint with the pristine harness. An unusable checkpoint or a failed
 # evaluation is written as status "failed" with its reason; the sweep goes on. Benchmarks scored by
 # an LLM grader generate on the GPU, then are graded by a CPU job, so no GPU waits on the grader.
+# Only test.jsonl is declared of a staged benchmark: its meta.json is written by the same job and read beside it.
 
 UNGRADED = (
     r"(?!(?:arenahardwriting|healthbench)/)[a-z0-9]+"  # the path goes on with /seed
@@ -12,7 +13,6 @@ rule evaluate:
     input:
         run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
         test="resources/benchmarks/{benchmark}/test.jsonl",
-        meta="resources/benchmarks/{benchmark}/meta.json",
     output:
         report(
             "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
@@ -64,7 +64,6 @@ rule grade:
     input:
         generated="results/generations/{agent}/{model}/{benchmark}/seed{seed}.json",
         test="resources/benchmarks/{benchmark}/test.jsonl",
-        meta="resources/benchmarks/{benchmark}/meta.json",
     output:
         report(
             "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
