@@ -121,18 +121,3 @@ def test_gpu_budget_sets_visible_devices(tmp_path: Path, monkeypatch):
                  config={})
         stdout = [e["text"] for e in trace_events(run_dir) if e["type"] == "stdout"]
         assert stdout == [expected]
-
-
-def test_sft_recipe_trains_in_the_template_evaluation_forces(tmp_path: Path, tiny_model_dir):
-    from posttrainbench.agents.runner import builtin_command, evaluation_chat_family
-
-    config = {"models": {"m": {"family": "smollm"}}, "evaluation": {"chat_template": "family"}}
-    cell = Cell("reference-sft", "m", "gsm8k", 1)
-    assert evaluation_chat_family(config, cell, tiny_model_dir) == "smollm"
-    assert evaluation_chat_family({**config, "models": {"m": {"family": "auto"}}}, cell, tiny_model_dir) == "qwen3"
-    assert evaluation_chat_family({**config, "evaluation": {"chat_template": "checkpoint"}}, cell, tiny_model_dir) is None
-    command = builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None, tmp_path / "train.jsonl", tmp_path,
-                              chat_family="smollm")
-    assert command[-2:] == ["--chat-template-family", "smollm"]
-    assert "--chat-template-family" not in builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None,
-                                                           tmp_path / "train.jsonl", tmp_path)

@@ -68,10 +68,8 @@ def adapters() -> dict:
 
 
 def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruct_dir: Path | None,
-                    train_data: Path | None, workspace: Path, python: str = sys.executable,
-                    chat_family: str | None = None) -> list[str]:
-    """The command a built-in agent runs inside its workspace; the SFT recipe trains in ``chat_family``'s
-    template (the one evaluation forces) when given."""
+                    train_data: Path | None, workspace: Path, python: str = sys.executable) -> list[str]:
+    """The command a built-in agent runs inside its workspace."""
     out = workspace / "final_model"
     if recipe == "base":
         return [python, "-m", "posttrainbench.agents.submit", "--src", str(base_dir), "--dst", str(out)]
@@ -95,21 +93,8 @@ def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruc
         ]
         if sft.get("max_examples"):
             command += ["--max-examples", str(sft["max_examples"])]
-        if chat_family:
-            command += ["--chat-template-family", chat_family]
         return command
     raise AgentNotRunnable(f"unknown built-in recipe {recipe!r}")
-
-
-def evaluation_chat_family(config: dict | None, cell: Cell, base_dir: Path) -> str | None:
-    """The family whose chat template evaluation will force on this cell's checkpoint (None when checkpoints
-    are scored with their own templates, or the family is unknown)."""
-    config = config or {}
-    if config.get("evaluation", {}).get("chat_template", "family") != "family":
-        return None
-    from ..evaluation import resolve_family
-
-    return resolve_family(config.get("models", {}).get(cell.model, {}).get("family", "auto"), base_dir)
 
 
 def _task_prompt(workspace: Path) -> str:
@@ -358,8 +343,7 @@ def run_cell(
         try:
             if spec["type"] == "builtin":
                 command = builtin_command(spec["recipe"], spec, cell, base_dir=base_dir, instruct_dir=instruct_dir,
-                                          train_data=train_data, workspace=workspace, python=sandbox.python,
-                                          chat_family=evaluation_chat_family(config, cell, base_dir))
+                                          train_data=train_data, workspace=workspace, python=sandbox.python)
             elif spec["type"] == "command":
                 command = list(spec["command"])
             else:
