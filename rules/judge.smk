@@ -4,6 +4,7 @@
 # rule and the scoring.
 
 from posttrainbench.judge import (
+    REFERENCE_DATA_MANIFEST,
     judge_rule_inputs,
     judge_settings,
     reference_data_inputs,
@@ -16,7 +17,7 @@ rule judge_reference_data:
     input:
         **reference_data_inputs(config),
     output:
-        "resources/judge/reference_data.json",
+        REFERENCE_DATA_MANIFEST,
     log:
         "logs/judge/reference_data.log",
     localrule: True

@@ -246,10 +246,6 @@ def _arena_hard_records() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return records, source
 
 
-# The full HealthBench (5,000 conversations), fetched on a login node when configured as the source.
-HEALTHBENCH_FULL_URL = (
-    "https://openaipublic.blob.core.windows.net/simple-evals/healthbench/2025-05-07-06-14-12_oss_eval.jsonl"
-)
 # The published Easy selection: long conversations (>= 5 turns) with a completeness criterion, where base models
 # score near zero, and at most two negative criteria, which limits penalty exposure.
 HEALTHBENCH_EASY_RULE = {"min_turns": 5, "axis": "axis:completeness", "max_negative_criteria": 2}

@@ -153,13 +153,13 @@ def prompt_settings(benchmark: str, checkpoint: Path, prompting: str, family: st
         per = options.get("per_benchmark", {}).get(benchmark, {})
         settings["num_fewshot"] = int(per.get("num_fewshot", default_num_fewshot(benchmark)))
         return settings
-    if options.get("chat_template", "family") == "family" and resolved:
+    forced = options.get("chat_template", "family") == "family"
+    if forced and resolved:
         settings.update(chat_template=family_chat_template(resolved), chat_template_source=f"family:{resolved}")
-    else:
-        if options.get("chat_template", "family") == "family":
-            log.warning("no chat-template family for %s (set models.<name>.family): its own template is used",
-                        checkpoint)
-        settings["chat_template_source"] = "checkpoint"
+        return settings
+    if forced:
+        log.warning("no chat-template family for %s (set models.<name>.family): its own template is used", checkpoint)
+    settings["chat_template_source"] = "checkpoint"
     return settings
 
 

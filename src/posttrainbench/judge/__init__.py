@@ -5,8 +5,11 @@ from pathlib import Path
 
 from .verdict import REASON_OF_CHECK, judge_run
 
-__all__ = ["REASON_OF_CHECK", "judge_run", "default_test_sets", "judge_settings", "judge_rule_inputs",
+__all__ = ["REASON_OF_CHECK", "REFERENCE_DATA_MANIFEST", "judge_run", "default_test_sets", "judge_settings", "judge_rule_inputs",
            "reference_data_inputs", "write_reference_manifest", "read_reference_manifest"]
+
+# Every judge job's view of the test sets and allowed data (rule judge_reference_data writes it).
+REFERENCE_DATA_MANIFEST = "resources/judge/reference_data.json"
 
 # Benchmarks whose test set only the hub has: scanned only where the config runs them (their staging needs access).
 NEEDS_HUB = frozenset({"gpqamain"})
@@ -50,9 +53,6 @@ def judge_rule_inputs(config: dict, wildcards) -> dict[str, str]:
     if config["models"][model].get("instruct"):
         inputs["instruct_model"] = f"resources/models/{model}/instruct"
     return inputs
-
-
-REFERENCE_DATA_MANIFEST = "resources/judge/reference_data.json"
 
 
 def reference_data_inputs(config: dict) -> dict[str, str]:
