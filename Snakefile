@@ -22,7 +22,9 @@ rule all:
     default_target: True
     input:
         cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
-        cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        cell_paths(
+            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json", AUDITED_CELLS
+        ),
         "results/leaderboard.csv",
         "results/plots/leaderboard.png",
         "results/plots/heatmap.png",

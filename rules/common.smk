@@ -1,5 +1,6 @@
 import sys
 
+from snakemake.io import report as report_item
 from snakemake.utils import min_version
 
 from posttrainbench.config import ConfigError, agent_spec, iter_cells, validate_config
@@ -23,6 +24,8 @@ config.clear()
 config.update(_validated)
 
 CELLS = list(iter_cells(config))
+# Reference rows submit the staged base or instruct model by construction: scored, not audited.
+AUDITED_CELLS = [cell for cell in CELLS if not cell.is_reference]
 
 
 wildcard_constraints:
@@ -34,13 +37,13 @@ wildcard_constraints:
     dataset=r"[a-z0-9-]+",
 
 
-def cell_paths(template):
+def cell_paths(template, cells=CELLS):
     """``template`` (with {agent}, {model}, {benchmark}, {seed}) for every cell of the matrix."""
     return [
         template.format(
             agent=c.agent, model=c.model, benchmark=c.benchmark, seed=c.seed
         )
-        for c in CELLS
+        for c in cells
     ]
 
 
@@ -90,3 +93,23 @@ def agent_runtime_minutes():
     would cost planning time on large matrices)."""
     budget = config["budget"]
     return int(budget["hours"] * 60 + budget["grace_seconds"] / 60 + 10)
+
+
+def judge_verdicts():
+    """One verdict per benchmark, in the config's order, for the job's agent, model and seed."""
+    # report() under another name: snakefmt reads a line-leading "report" as the directive.
+    return [
+        report_item(
+            f"results/judge/{{agent}}/{{model}}/{benchmark}/seed{{seed}}.json",
+            caption="../report/verdict.rst",
+            category="Judge verdicts",
+            subcategory="{agent}",
+            labels={
+                "agent": "{agent}",
+                "model": "{model}",
+                "benchmark": benchmark,
+                "seed": "{seed}",
+            },
+        )
+        for benchmark in config["benchmarks"]
+    ]

@@ -1,7 +1,8 @@
 # Audit each run: checkpoint validity and weight provenance against the staged base (and instruct)
 # model, n-gram contamination against every configured test set, harness integrity, forbidden API
 # use; an LLM judge on top when configured. Settings are params: changing them re-runs only this
-# rule and the scoring.
+# rule and the scoring. The workflow asks for verdicts of agent cells only (AUDITED_CELLS): reference
+# rows submit the staged models by construction; they can still be judged on request by path.
 
 from posttrainbench.judge import (
     REFERENCE_DATA_MANIFEST,
@@ -30,24 +31,15 @@ rule judge_reference_data:
         "../scripts/judge_reference_data.py"
 
 
+# One job per agent, base model and seed audits that attempt's runs on every benchmark: CPU work
+# batched into fewer cluster jobs (and a plan a quarter smaller), while verdicts stay per cell.
 rule judge:
     input:
         unpack(lambda wc: judge_rule_inputs(config, wc)),
     output:
-        report(
-            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json",
-            caption="../report/verdict.rst",
-            category="Judge verdicts",
-            subcategory="{agent}",
-            labels={
-                "agent": "{agent}",
-                "model": "{model}",
-                "benchmark": "{benchmark}",
-                "seed": "{seed}",
-            },
-        ),
+        judge_verdicts(),
     log:
-        "logs/judge/{agent}/{model}/{benchmark}/seed{seed}.log",
+        "logs/judge/{agent}/{model}/seed{seed}.log",
     conda:
         "../envs/pipeline.yaml"
     container:
@@ -55,7 +47,8 @@ rule judge:
     threads: job_resources("judge", "threads", 1)
     resources:
         mem_mb=job_resources("judge", "mem_mb", 4000),
-        runtime=job_resources("judge", "runtime_minutes", 30),
+        runtime=job_resources("judge", "runtime_minutes", 30)
+        * len(config["benchmarks"]),
     params:
         settings=judge_settings(config),
         agent_base_url=lambda wc: agent_spec(config, wc.agent).get("base_url"),

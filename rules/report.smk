@@ -9,7 +9,9 @@ register_rst_directives()
 rule leaderboard:
     input:
         evals=cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
-        verdicts=cell_paths("results/judge/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        verdicts=cell_paths(
+            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json", AUDITED_CELLS
+        ),
         runs=cell_paths("results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json"),
     output:
         csv=report(

@@ -1,4 +1,4 @@
-"""Rule judge: audit one run and write its verdict with evidence."""
+"""Rule judge: audit an agent's runs on one base model and seed, one verdict (with evidence) per benchmark."""
 
 from pathlib import Path
 
@@ -9,17 +9,20 @@ from posttrainbench.workflow import logged, offline_hub
 with logged(snakemake) as log:
     offline_hub()
     wc = snakemake.wildcards
-    inputs = dict(snakemake.input.items())
-    test_sets, allowed_data = read_reference_manifest(Path(inputs["reference_data"]))
-    verdict = judge_run(
-        Cell(wc.agent, wc.model, wc.benchmark, int(wc.seed)),
-        run_json=Path(inputs["run"]),
-        base_dir=Path(inputs["base_model"]),
-        instruct_dir=Path(inputs["instruct_model"]) if "instruct_model" in inputs else None,
-        test_sets=test_sets,
-        allowed_data=allowed_data,
-        settings=snakemake.params.settings,
-        agent_spec={"base_url": snakemake.params.agent_base_url},
-        out_json=Path(snakemake.output[0]),
-    )
-    log.info("verdict: flagged=%s reasons=%s", verdict["flagged"], verdict["reasons"])
+    instruct = snakemake.input.get("instruct_model")
+    test_sets, allowed_data = read_reference_manifest(Path(snakemake.input.reference_data))
+    # Runs and verdicts both follow the config's benchmark order.
+    for run_json, out_json in zip(snakemake.input.runs, snakemake.output, strict=True):
+        cell = Cell(wc.agent, wc.model, Path(run_json).parent.parent.name, int(wc.seed))
+        verdict = judge_run(
+            cell,
+            run_json=Path(run_json),
+            base_dir=Path(snakemake.input.base_model),
+            instruct_dir=Path(instruct) if instruct else None,
+            test_sets=test_sets,
+            allowed_data=allowed_data,
+            settings=snakemake.params.settings,
+            agent_spec={"base_url": snakemake.params.agent_base_url},
+            out_json=Path(out_json),
+        )
+        log.info("%s: flagged=%s reasons=%s", cell.key, verdict["flagged"], verdict["reasons"])

@@ -70,7 +70,10 @@ def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
     counts = job_counts(proc.stdout)
     # Grader-scored benchmarks generate on the GPU and are graded by a separate CPU job.
     graded = cells * 2 // 7
-    assert counts["run_agent"] == counts["judge"] == cells == 504
+    assert counts["run_agent"] == cells == 504
+    # Reference rows submit the staged models by construction: scored, not audited. One judge job
+    # audits an agent's seven runs on one model and seed.
+    assert counts["judge"] == len(agents) * 4 * 3 == 60
     assert counts["evaluate"] == cells - graded and counts["generate_for_grader"] == counts["grade"] == graded
     assert counts["stage_model"] == 8 and counts["stage_benchmark"] == 7
     for agent in agents + list(REFERENCE_AGENTS):
@@ -150,9 +153,13 @@ def test_embedded_default_end_to_end(embedded_run: Path):
                 assert record["num_fewshot"] == (4 if bench == "gsm8k" else 0)
             else:
                 assert (record["prompting"], record["chat_template_source"]) == ("chat", "family:smollm")
-            verdict = json.loads((results / "judge" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
-            assert verdict["flagged"] is False
-            assert all(check["passed"] for check in verdict["checks"].values()), verdict
+            verdict_path = results / "judge" / agent / "smollm2-135m" / bench / "seed1.json"
+            if agent in REFERENCE_AGENTS:
+                assert not verdict_path.exists()
+            else:
+                verdict = json.loads(verdict_path.read_text())
+                assert verdict["flagged"] is False
+                assert all(check["passed"] for check in verdict["checks"].values()), verdict
             run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
             assert run["status"] == "ok"
     for plot in ("leaderboard.png", "heatmap.png"):

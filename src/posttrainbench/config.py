@@ -25,7 +25,9 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text())
+    # libyaml's loader where built: the schema is parsed at every workflow start.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(), Loader=loader)
 
 
 def _extend_with_defaults(validator_class):

@@ -41,12 +41,13 @@ def judge_settings(config: dict) -> dict:
     return settings
 
 
-def judge_rule_inputs(config: dict, wildcards) -> dict[str, str]:
-    """Inputs of the judge rule: the run record, the staged base (and instruct) model, and the reference-data
-    manifest (one file standing for every test set and allowed data set, which keeps planning fast)."""
-    model, agent = wildcards.model, wildcards.agent
-    inputs = {
-        "run": f"results/runs/{agent}/{model}/{wildcards.benchmark}/seed{wildcards.seed}/run.json",
+def judge_rule_inputs(config: dict, wildcards) -> dict[str, str | list[str]]:
+    """Inputs of one judge job, which audits an agent's runs on one base model and seed across the benchmarks:
+    those run records (in the config's benchmark order), the staged base (and instruct) model, and the
+    reference-data manifest (one file standing for every test set and allowed data set)."""
+    model, agent, seed = wildcards.model, wildcards.agent, wildcards.seed
+    inputs: dict[str, str | list[str]] = {
+        "runs": [f"results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json" for benchmark in config["benchmarks"]],
         "base_model": f"resources/models/{model}/base",
         "reference_data": REFERENCE_DATA_MANIFEST,
     }
