@@ -1,6 +1,9 @@
 # One agent run per cell, in the configured sandbox, under the time budget; final_model/ is
 # collected even after a timeout. Only run.json and trace.jsonl are declared: a run that leaves
 # no checkpoint is a recorded outcome (status no_checkpoint), not a failed job.
+# Reference rows go through the same runner in rule submit_reference: hard-linking a staged model
+# takes seconds of CPU, so those jobs ask for no GPU. (One job per cell, not per agent and model:
+# a batch that grows with the config would re-submit, and so re-evaluate, every reference cell.)
 
 
 rule run_agent:
@@ -22,6 +25,8 @@ rule run_agent:
         trace="results/runs/{agent}/{model}/{benchmark}/seed{seed}/trace.jsonl",
     log:
         "logs/agent/{agent}/{model}/{benchmark}/seed{seed}.log",
+    wildcard_constraints:
+        agent=POST_TRAINING_AGENT,
     conda:
         "../envs/pipeline.yaml"
     threads: job_resources("agent", "threads", 2)
@@ -35,3 +40,13 @@ rule run_agent:
         sandbox=config["sandbox"],
     script:
         "../scripts/run_agent.py"
+
+
+use rule run_agent as submit_reference with:
+    wildcard_constraints:
+        agent=REFERENCE_AGENT,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,

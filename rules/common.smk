@@ -1,8 +1,10 @@
+import re
 import sys
 
 from snakemake.io import report as report_item
 from snakemake.utils import min_version
 
+from posttrainbench.cells import REFERENCE_AGENTS
 from posttrainbench.config import ConfigError, agent_spec, iter_cells, validate_config
 
 min_version("9.0")
@@ -35,6 +37,12 @@ wildcard_constraints:
     seed=r"\d+",
     variant=r"base|instruct",
     dataset=r"[a-z0-9-]+",
+
+
+# Reference agents submit a staged model (rule submit_reference); every other agent post-trains
+# (rule run_agent). The lookahead sees the "/" that follows the agent in every run path.
+REFERENCE_AGENT = "|".join(re.escape(agent) for agent in REFERENCE_AGENTS)
+POST_TRAINING_AGENT = rf"(?!(?:{REFERENCE_AGENT})/)[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 def cell_paths(template, cells=CELLS):

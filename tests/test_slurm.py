@@ -60,19 +60,21 @@ def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
     assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
     by_rule = _jobs_by_rule(slurm_run["jobs"])
     # Staging and the leaderboard are local rules (login node); the cell's rules are cluster jobs.
-    assert set(by_rule) == {"run_agent", "evaluate", "judge"}, sorted(by_rule)
-    # 4 cells; the cancelled evaluation is submitted again in the second pass. One judge job audits
-    # reference-sft's two runs (the base reference row is not audited).
-    assert len(by_rule["run_agent"]) == 4 and len(by_rule["evaluate"]) == 5 and len(by_rule["judge"]) == 1
+    assert set(by_rule) == {"run_agent", "submit_reference", "evaluate", "judge"}, sorted(by_rule)
+    # 4 cells; the cancelled evaluation is submitted again in the second pass. The base row's two runs
+    # are reference submissions; one judge job audits reference-sft's two runs (base is not audited).
+    assert len(by_rule["run_agent"]) == len(by_rule["submit_reference"]) == 2
+    assert len(by_rule["evaluate"]) == 5 and len(by_rule["judge"]) == 1
     for rule in ("run_agent", "evaluate"):
         for job in by_rule[rule]:
             assert job["TresPerJob"] == "gres:gpu:1", job["_line"]
             assert job["Partition"] == "gpu"
-    for job in by_rule["judge"]:
+    for job in by_rule["judge"] + by_rule["submit_reference"]:
         assert "gpu" not in job.get("TresPerJob", "") and "gpu" not in job.get("TresPerNode", ""), job["_line"]
     # The agent job's time limit is the budget (0.25 h) plus grace and margin, as the rule computes.
     assert {job["TimeLimit"] for job in by_rule["run_agent"]} == {"00:25:00"}
-    assert {job["JobState"] for rule in ("run_agent", "judge") for job in by_rule[rule]} == {"COMPLETED"}
+    assert {job["JobState"] for rule in ("run_agent", "submit_reference", "judge")
+            for job in by_rule[rule]} == {"COMPLETED"}
 
     results = slurm_run["workdir"] / "results"
     with open(results / "leaderboard.csv") as handle:
@@ -86,14 +88,17 @@ def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
         record = json.loads((results / "evals" / agent / model / bench / f"seed{seed}.json").read_text())
         assert record["status"] == "ok", record
     # GPU-hours measured by SLURM (scontrol: this cluster has no slurmdbd for sacct), summed per agent.
-    agent_jobs = {job["JobId"] for job in by_rule["run_agent"]}
     for agent, row in board.items():
+        rule, gpus = ("submit_reference", 0) if agent == "base" else ("run_agent", 1)
+        agent_jobs = {job["JobId"] for job in by_rule[rule]}
         hours = 0.0
         for bench in ("gsm8k", "humaneval"):
             run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
             assert run["gpu_hours_source"] == "scontrol" and run["slurm_job_id"] in agent_jobs, run
-            assert run["slurm_gpus"] == 1 and run["gpu_hours"] == round(run["slurm_elapsed_seconds"] / 3600, 4) > 0
+            assert run["slurm_gpus"] == gpus
+            assert run["gpu_hours"] == round(run["slurm_elapsed_seconds"] * gpus / 3600, 4), run
             hours += run["gpu_hours"]
+        assert (hours > 0) == (agent != "base")
         assert float(row["gpu_hours"]) == pytest.approx(hours, abs=1e-4)
     # Each cluster job left its SLURM log under the profile's log directory.
     logs = list((slurm_run["workdir"] / "logs" / "slurm" / "rule_evaluate").rglob("*.log"))

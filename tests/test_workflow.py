@@ -70,7 +70,9 @@ def test_published_matrix_dry_run_lists_every_cell_quickly(tmp_path: Path):
     counts = job_counts(proc.stdout)
     # Grader-scored benchmarks generate on the GPU and are graded by a separate CPU job.
     graded = cells * 2 // 7
-    assert counts["run_agent"] == cells == 504
+    references = len(REFERENCE_AGENTS) * 4 * 7
+    # Reference rows submit a staged model: seconds of CPU, a rule that asks for no GPU.
+    assert counts["run_agent"] + counts["submit_reference"] == cells == 504 and counts["submit_reference"] == references
     # Reference rows submit the staged models by construction: scored, not audited. One judge job
     # audits an agent's seven runs on one model and seed.
     assert counts["judge"] == len(agents) * 4 * 3 == 60
