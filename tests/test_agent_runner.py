@@ -121,3 +121,23 @@ def test_gpu_budget_sets_visible_devices(tmp_path: Path, monkeypatch):
                  config={})
         stdout = [e["text"] for e in trace_events(run_dir) if e["type"] == "stdout"]
         assert stdout == [expected]
+
+
+def test_sft_recipe_trains_in_the_template_evaluation_forces(tmp_path: Path, tiny_model_dir):
+    from posttrainbench.agents.runner import builtin_command, evaluation_chat_template
+    from posttrainbench.evaluation import family_chat_template
+
+    config = {"models": {"m": {"family": "smollm"}}, "evaluation": {"chat_template": "family"}}
+    cell = Cell("reference-sft", "m", "gsm8k", 1)
+    template = evaluation_chat_template(config, cell, tiny_model_dir, tmp_path)
+    assert template.parent == tmp_path and template.read_text() == family_chat_template("smollm")
+    # auto: the family of the checkpoint's model_type (the tiny test model is a Qwen3).
+    auto = evaluation_chat_template({**config, "models": {"m": {"family": "auto"}}}, cell, tiny_model_dir, tmp_path)
+    assert auto.read_text() == family_chat_template("qwen3")
+    own = {**config, "evaluation": {"chat_template": "checkpoint"}}
+    assert evaluation_chat_template(own, cell, tiny_model_dir, tmp_path) is None
+    command = builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None, tmp_path / "train.jsonl", tmp_path,
+                              chat_template=template)
+    assert command[-2:] == ["--chat-template", str(template)]
+    assert "--chat-template" not in builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None,
+                                                    tmp_path / "train.jsonl", tmp_path)

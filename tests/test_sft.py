@@ -137,6 +137,10 @@ def test_bad_inputs_are_rejected(tmp_path, tiny_model_dir):
 def test_cli_runs_as_a_subprocess(tmp_path, tiny_model_dir, gsm8k_train_jsonl):
     out = tmp_path / "final_model"
     metrics_file = tmp_path / "metrics.json"
+    from posttrainbench.evaluation import family_chat_template
+
+    template = tmp_path / "chat_template.smollm.jinja"
+    template.write_text(family_chat_template("smollm"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     cmd = [
@@ -144,7 +148,7 @@ def test_cli_runs_as_a_subprocess(tmp_path, tiny_model_dir, gsm8k_train_jsonl):
         "--base", str(tiny_model_dir), "--train", str(gsm8k_train_jsonl), "--out", str(out),
         "--max-steps", "2", "--batch-size", "2", "--max-length", "256", "--max-examples", "8",
         "--learning-rate", "1e-3", "--seed", "3", "--bf16", "false", "--gradient-checkpointing", "true",
-        "--metrics-out", str(metrics_file),
+        "--metrics-out", str(metrics_file), "--chat-template", str(template),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,6 +157,10 @@ def test_cli_runs_as_a_subprocess(tmp_path, tiny_model_dir, gsm8k_train_jsonl):
     assert printed["steps"] == 2 and printed["examples"] == 8
     assert printed["hyperparameters"]["gradient_checkpointing"] is True
     assert (out / "model.safetensors").is_file()
+    # It trained in, and saved, the template evaluation forces on the family.
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template == family_chat_template("smollm")
 
     bad = subprocess.run(cmd[:3] + ["--base", str(tiny_model_dir)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "required" in bad.stderr

@@ -164,6 +164,13 @@ def test_embedded_default_end_to_end(embedded_run: Path):
                 assert all(check["passed"] for check in verdict["checks"].values()), verdict
             run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
             assert run["status"] == "ok"
+    # reference-sft trained (in its sandbox) in the template evaluation forces, and its checkpoint carries it.
+    from transformers import AutoTokenizer
+
+    from posttrainbench.evaluation import family_chat_template
+
+    checkpoint = results / "runs" / "reference-sft" / "smollm2-135m" / "gsm8k" / "seed1" / "final_model"
+    assert AutoTokenizer.from_pretrained(checkpoint).chat_template == family_chat_template("smollm")
     for plot in ("leaderboard.png", "heatmap.png"):
         assert (results / "plots" / plot).stat().st_size > 10_000
     # Every job left its log.

@@ -68,8 +68,10 @@ def adapters() -> dict:
 
 
 def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruct_dir: Path | None,
-                    train_data: Path | None, workspace: Path, python: str = sys.executable) -> list[str]:
-    """The command a built-in agent runs inside its workspace."""
+                    train_data: Path | None, workspace: Path, python: str = sys.executable,
+                    chat_template: Path | None = None) -> list[str]:
+    """The command a built-in agent runs inside its workspace; the SFT recipe trains in the Jinja template
+    file ``chat_template`` (the one evaluation forces on the model's family) when given."""
     out = workspace / "final_model"
     if recipe == "base":
         return [python, "-m", "posttrainbench.agents.submit", "--src", str(base_dir), "--dst", str(out)]
@@ -93,8 +95,27 @@ def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruc
         ]
         if sft.get("max_examples"):
             command += ["--max-examples", str(sft["max_examples"])]
+        if chat_template is not None:
+            command += ["--chat-template", str(chat_template)]
         return command
     raise AgentNotRunnable(f"unknown built-in recipe {recipe!r}")
+
+
+def evaluation_chat_template(config: dict | None, cell: Cell, base_dir: Path, workspace: Path) -> Path | None:
+    """The chat template evaluation will force on this cell's checkpoint, written into the workspace for a
+    built-in recipe to train in; None when checkpoints are scored with their own templates or the family is
+    unknown. (The sandbox's copy of the package holds the recipes, not the evaluation harness.)"""
+    config = config or {}
+    if config.get("evaluation", {}).get("chat_template", "family") != "family":
+        return None
+    from ..evaluation import family_chat_template, resolve_family
+
+    family = resolve_family(config.get("models", {}).get(cell.model, {}).get("family", "auto"), base_dir)
+    if family is None:
+        return None
+    path = workspace / f"chat_template.{family}.jinja"
+    path.write_text(family_chat_template(family))
+    return path
 
 
 def _task_prompt(workspace: Path) -> str:
@@ -343,7 +364,9 @@ def run_cell(
         try:
             if spec["type"] == "builtin":
                 command = builtin_command(spec["recipe"], spec, cell, base_dir=base_dir, instruct_dir=instruct_dir,
-                                          train_data=train_data, workspace=workspace, python=sandbox.python)
+                                          train_data=train_data, workspace=workspace, python=sandbox.python,
+                                          chat_template=evaluation_chat_template(config, cell, base_dir, workspace)
+                                          if spec["recipe"] == "sft" else None)
             elif spec["type"] == "command":
                 command = list(spec["command"])
             else:

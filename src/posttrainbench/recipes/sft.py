@@ -118,8 +118,12 @@ def train_sft(
     gradient_accumulation_steps: int = 1,
     warmup_ratio: float = 0.05,
     gradient_checkpointing: bool | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_dir`` on ``train_jsonl`` for ``max_steps`` optimizer steps; save model+tokenizer to ``out_dir``.
+
+    ``chat_template`` (Jinja text) replaces the base tokenizer's template for training and in the saved model:
+    the pipeline passes the template evaluation forces on the model's family, so training and scoring agree.
 
     Returns ``{"train_loss", "final_loss", "steps", "examples", "duration_s", "device", "dtype", ...}``;
     ``train_loss`` is the mean loss over all steps, ``final_loss`` the last logged step's. ``log_path`` (optional)
@@ -150,6 +154,8 @@ def train_sft(
 
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if chat_template:
+        tokenizer.chat_template = chat_template
     if tokenizer.chat_template is None:
         raise ValueError(f"{base_dir} has no chat template; reference-sft trains on chat-formatted data")
     if tokenizer.pad_token is None:
@@ -297,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto (on with CUDA, off on CPU), true, false: trades ~30%% speed for activation memory",
     )
+    parser.add_argument("--chat-template", type=Path, default=None,
+                        help="Jinja chat template file to train in (and save) instead of the base tokenizer's")
     parser.add_argument("--log", type=Path, default=None, help="append trainer log events here (JSONL)")
     parser.add_argument("--metrics-out", type=Path, default=None, help="also write the returned metrics here (JSON)")
     args = parser.parse_args(argv)
@@ -314,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.log,
         gradient_accumulation_steps=args.grad_accum,
         gradient_checkpointing=None if args.gradient_checkpointing == "auto" else args.gradient_checkpointing,
+        chat_template=args.chat_template.read_text() if args.chat_template else None,
     )
     if args.metrics_out is not None:
         atomic_write_json(args.metrics_out, metrics)
