@@ -105,16 +105,15 @@ def evaluation_chat_template(config: dict | None, cell: Cell, base_dir: Path, wo
     """The chat template evaluation will force on this cell's checkpoint, written into the workspace for a
     built-in recipe to train in; None when checkpoints are scored with their own templates or the family is
     unknown. (The sandbox's copy of the package holds the recipes, not the evaluation harness.)"""
-    config = config or {}
-    if config.get("evaluation", {}).get("chat_template", "family") != "family":
-        return None
-    from ..evaluation import family_chat_template, resolve_family
+    from ..scoring_jobs import prompt_settings
 
-    family = resolve_family(config.get("models", {}).get(cell.model, {}).get("family", "auto"), base_dir)
-    if family is None:
+    config = config or {}
+    family = config.get("models", {}).get(cell.model, {}).get("family", "auto")
+    settings = prompt_settings(cell.benchmark, base_dir, "chat", family, config.get("evaluation", {}))
+    if settings["chat_template"] is None:
         return None
-    path = workspace / f"chat_template.{family}.jinja"
-    path.write_text(family_chat_template(family))
+    path = workspace / f"chat_template.{settings['chat_family']}.jinja"
+    path.write_text(settings["chat_template"])
     return path
 
 
