@@ -85,7 +85,7 @@ def main() -> int:
     dtype = resolve_dtype(args.dtype, args.device)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False, local_files_only=True)
     rows, outputs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:

@@ -13,6 +13,8 @@ rule evaluate:
     input:
         run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
         test="resources/benchmarks/{benchmark}/test.jsonl",
+        # Evaluation encodes and decodes with the base model's tokenizer, never the checkpoint's own.
+        base="resources/models/{model}/base",
     output:
         report(
             "results/evals/{agent}/{model}/{benchmark}/seed{seed}.json",
@@ -42,6 +44,7 @@ rule evaluate:
     params:
         evaluation=config["evaluation"],
         prompting=evaluation_prompting,
+        sandbox=config["sandbox"],  # executed model output runs in the agents' backend
         grade=True,
     script:
         "../scripts/evaluate.py"
@@ -57,6 +60,7 @@ use rule evaluate as generate_for_grader with:
     params:
         evaluation=config["evaluation"],
         prompting=evaluation_prompting,
+        sandbox=config["sandbox"],
         grade=False,
 
 

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
+from posttrainbench.graders import grader_key_env
 from posttrainbench.scoring_jobs import grade_cell
-from posttrainbench.workflow import logged
+from posttrainbench.workflow import confined_job
 
-with logged(snakemake) as log:
+# The grader's key (and proxy settings) only, a read-only project tree: the generations are the agent model's.
+with confined_job(snakemake, keys=[grader_key_env(snakemake.params.evaluation)], network=True) as log:
     record = grade_cell(
         Path(snakemake.input.generated),
         benchmark_dir=Path(snakemake.input.test).parent,

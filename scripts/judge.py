@@ -4,9 +4,12 @@ from pathlib import Path
 
 from posttrainbench.cells import Cell
 from posttrainbench.judge import judge_run, read_reference_manifest
-from posttrainbench.workflow import logged, offline_hub
+from posttrainbench.workflow import confined_job, offline_hub
 
-with logged(snakemake) as log:
+# The LLM judge's key (and proxy settings) only when one is configured, a read-only project tree.
+llm = snakemake.params.settings.get("llm") or {}
+with confined_job(snakemake, keys=[llm.get("api_key_env") if llm.get("endpoint") else None],
+                  network=bool(llm.get("endpoint"))) as log:
     offline_hub()
     wc = snakemake.wildcards
     instruct = snakemake.input.get("instruct_model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -141,3 +142,39 @@ def test_sft_recipe_trains_in_the_template_evaluation_forces(tmp_path: Path, tin
     assert command[-2:] == ["--chat-template", str(template)]
     assert "--chat-template" not in builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None,
                                                     tmp_path / "train.jsonl", tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["none", "bubblewrap"])
+def test_base_row_collects_the_staged_model(tmp_path: Path, tiny_model_dir, backend):
+    """The base recipe hard-links the staged model (where the sandbox lets it): collection accepts those
+    links for this trusted recipe only, and the collected files are the staged model's bytes."""
+    if backend == "bubblewrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    run_dir = tmp_path / "runs" / "base"
+    record = run_cell(Cell("base", "tiny", "gsm8k", 1), {"type": "builtin", "recipe": "base"}, run_dir=run_dir,
+                      base_dir=tiny_model_dir, instruct_dir=None, train_data=None,
+                      budget={"hours": 0.02, "gpus": 0, "grace_seconds": 1}, threads=1, config={},
+                      sandbox_config={"backend": backend, "network": "open"})
+    assert record["status"] == "ok", record["reason"]
+    staged = sorted(p.name for p in tiny_model_dir.iterdir() if p.is_file() and p.name != "ptb_stage.json")
+    collected = run_dir / "final_model"
+    assert sorted(p.name for p in collected.iterdir()) == staged
+    for name in staged:
+        assert (collected / name).read_bytes() == (tiny_model_dir / name).read_bytes()
+    if backend == "none":  # same file system: linked, not copied
+        assert (collected / "model.safetensors").stat().st_ino == (tiny_model_dir / "model.safetensors").stat().st_ino
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_reference_sft_row_collects_its_checkpoint(tmp_path: Path, tiny_model_dir, gsm8k_train_jsonl):
+    run_dir = tmp_path / "runs" / "reference-sft"
+    spec = {"type": "builtin", "recipe": "sft", "sft": {"max_steps": 2, "max_examples": 16, "batch_size": 2,
+                                                       "max_length": 256}}
+    record = run_cell(Cell("reference-sft", "tiny", "gsm8k", 1), spec, run_dir=run_dir, base_dir=tiny_model_dir,
+                      instruct_dir=None, train_data=gsm8k_train_jsonl,
+                      budget={"hours": 0.1, "gpus": 0, "grace_seconds": 1}, threads=1, config={},
+                      sandbox_config={"backend": "bubblewrap", "network": "none"})
+    assert record["status"] == "ok", (record["reason"], (run_dir / "trace.jsonl").read_text()[-2000:])
+    assert (run_dir / "final_model" / "config.json").is_file()
+    assert list((run_dir / "final_model").glob("*.safetensors"))
+    assert record["checkpoint_bytes"] <= record["checkpoint_cap_bytes"]

@@ -191,19 +191,27 @@ def test_different_tokenizer_fails_tokenizer_only(tmp_path, tiny_model_dir):
         "tokenizer_matches_base": False,
     }, checks
     evidence = checks["tokenizer_matches_base"]["evidence"]
-    assert "vocabulary differs" in evidence and "only in checkpoint" in evidence and "only in base" in evidence
+    assert evidence.startswith("tokenizer differs from the base model's: vocabulary")
+    assert "only in checkpoint" in evidence and "only in base" in evidence
 
 
-def test_added_special_token_fails_tokenizer(tmp_path, tiny_model_dir):
+def test_added_special_token_passes_an_added_normal_token_fails(tmp_path, tiny_model_dir):
+    """A new special token beyond the base's ids (a pad token, say) is allowed; a normal one changes encoding."""
     from transformers import AutoTokenizer
 
     ckpt = _copy(tiny_model_dir, tmp_path / "ckpt")
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert tok.add_tokens(["<|think|>"], special_tokens=True) == 1
     tok.save_pretrained(ckpt)
-    evidence = validate_checkpoint(ckpt, tiny_model_dir)["tokenizer_matches_base"]
-    assert not evidence["passed"]
-    assert "1 only in checkpoint: '<|think|>'" in evidence["evidence"]
+    check = validate_checkpoint(ckpt, tiny_model_dir)["tokenizer_matches_base"]
+    assert check["passed"], check
+    assert "1 added special token(s) beyond the base's ids: '<|think|>'" in check["evidence"]
+
+    assert tok.add_tokens(["the"]) == 1
+    tok.save_pretrained(ckpt)
+    check = validate_checkpoint(ckpt, tiny_model_dir)["tokenizer_matches_base"]
+    assert not check["passed"]
+    assert "added token 'the' (id 513): not special" in check["evidence"]
 
 
 def test_reordered_merges_fail_tokenizer(tmp_path, tiny_model_dir):
@@ -214,4 +222,5 @@ def test_reordered_merges_fail_tokenizer(tmp_path, tiny_model_dir):
     (ckpt / "tokenizer.json").write_text(json.dumps(data))
     check = validate_checkpoint(ckpt, tiny_model_dir)["tokenizer_matches_base"]
     assert not check["passed"]
-    assert "merges differ" in check["evidence"] and "merge #0" in check["evidence"]
+    assert check["evidence"].startswith("tokenizer differs from the base model's: merges")
+    assert "first difference at merge #0" in check["evidence"]

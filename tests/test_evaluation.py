@@ -21,6 +21,7 @@ from posttrainbench.evaluation import (
 RESULT_KEYS = {
     "score", "metric", "n", "backend", "device", "dtype", "limit", "max_gen_toks", "test_sha256", "duration_s",
     "lm_eval_version", "generation_s", "apply_chat_template", "num_fewshot",
+    "tokenizer", "generation_settings", "ignored_config_keys", "weight_files",
 }
 OFFLINE = ("aime2025", "arenahardwriting", "bfcl", "gsm8k", "healthbench", "humaneval")
 
@@ -113,7 +114,7 @@ def test_unloadable_checkpoint_raises_evaluation_error(bench_root, tmp_path):
     model = tmp_path / "broken"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
-    with pytest.raises(EvaluationError, match="could not load checkpoint"):
+    with pytest.raises(EvaluationError, match="architectures must be a non-empty list"):
         _evaluate(model, "gsm8k", bench_root / "gsm8k")
 
 
@@ -150,8 +151,10 @@ def test_task_config_loads_local_data(bench_root, tmp_path, benchmark, n, chat):
             solution = first["prompt"] + first["canonical_solution"]
         else:
             solution = first["canonical_solution"]
-        assert task.process_results(first, [solution]) == {"pass@1": 1.0}
-        assert task.process_results(first, ["    return 42\n"]) == {"pass@1": 0.0}
+        # Items are queued and run in the code sandbox in one batch by the metric's aggregation.
+        items = [task.process_results(first, [answer])["pass@1"] for answer in (solution, "    return 42\n")]
+        assert task.aggregation()["pass@1"](items) == 0.5
+        assert [bool(item) for item in items] == [True, False]
     assert task.config.generation_kwargs["max_gen_toks"] == 64
     assert task.config.generation_kwargs["do_sample"] is False
 

@@ -84,7 +84,8 @@ def test_graded_benchmarks_end_to_end_with_a_local_grader(openai_server, tiny_mo
         options = {"backend": "hf", "device": "cpu", "limit": 1, "grader": grader,
                    "per_benchmark": {benchmark: {"max_gen_toks": 16}}}
         record = evaluate_cell(Cell("agent-x", "tiny", benchmark, 1), run_json=run_json,
-                               benchmark_dir=tmp_path / benchmark, options=options, out_json=out)
+                               benchmark_dir=tmp_path / benchmark, base_dir=tiny_model_dir, options=options,
+                               out_json=out)
         assert CONTRACT <= set(record) and json.loads(out.read_text()) == record
         assert record["status"] == "ok", record["error"]
         assert 0.0 <= record["score"] <= 1.0 and record["n"] == 1 and record["metric"] == bm.headline_metric(benchmark)

@@ -50,11 +50,23 @@ def test_installed_libraries_and_local_endpoints_are_not_findings(tmp_path):
     lib = workspace / ".venv" / "lib" / "python3.11" / "site-packages" / "openai"
     lib.mkdir(parents=True)
     (lib / "_base.py").write_text('BASE = "https://api.openai.com/v1"\n')
+    # Installed by pip: its RECORD vouches for the file (a library's default endpoint is not the agent's use).
+    import base64
+    import hashlib
+
+    digest = base64.urlsafe_b64encode(hashlib.sha256((lib / "_base.py").read_bytes()).digest()).rstrip(b"=")
+    (lib.parent / "openai-1.2.dist-info").mkdir()
+    size = (lib / "_base.py").stat().st_size
+    (lib.parent / "openai-1.2.dist-info" / "RECORD").write_text(f"openai/_base.py,sha256={digest.decode()},{size}\n")
     (workspace / "gen.py").write_text("client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='EMPTY')\n")
     trace = tmp_path / "trace.jsonl"
     trace.write_text(json.dumps({"event": "stdout", "text": "Successfully installed openai-1.2"}) + "\n")
     check = check_forbidden(run={}, workspace=workspace, trace=trace, helper_files=(), settings=SETTINGS["forbidden"])
     assert check["passed"] is True, check["findings"]
+    # Naming a key variable is no evidence; requesting a hosted API is.
     trace.write_text(json.dumps({"event": "tool", "text": "export OPENAI_API_KEY=sk-... && python gen.py"}) + "\n")
+    check = check_forbidden(run={}, workspace=workspace, trace=trace, helper_files=(), settings=SETTINGS["forbidden"])
+    assert check["passed"] is True, check["findings"]
+    trace.write_text(json.dumps({"event": "tool", "text": "curl https://api.openai.com/v1/chat/completions"}) + "\n")
     check = check_forbidden(run={}, workspace=workspace, trace=trace, helper_files=(), settings=SETTINGS["forbidden"])
     assert check["passed"] is False and check["findings"][0]["where"] == "trace.jsonl:1"

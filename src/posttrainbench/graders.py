@@ -56,8 +56,15 @@ class GraderSettings:
             return "EMPTY"  # local servers accept any key
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise GraderError(f"evaluation.grader.api_key_env names {self.api_key_env}, which is not set")
+            raise GraderError(f"evaluation.grader.api_key_env names {self.api_key_env}, which is not set in the "
+                              "grade job's environment")
         return key
+
+
+def grader_key_env(options: dict | None) -> str | None:
+    """The name of the one API key a grade job keeps in its environment (``evaluation.grader.api_key_env``)."""
+    name = ((options or {}).get("grader") or {}).get("api_key_env")
+    return name if isinstance(name, str) and name else None
 
 
 REASONING_FIELDS = ("judgment", "explanation")

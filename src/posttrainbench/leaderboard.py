@@ -1,7 +1,8 @@
 """Aggregate eval JSONs and judge verdicts into the weighted leaderboard (the published rule).
 
 Per cell, the effective score is the eval score, or the base model's score for the same model and
-benchmark when the cell failed, was flagged by the judge, or is missing. Per benchmark b, each
+benchmark when the cell failed, was flagged by the judge, is missing, or (in a results tree that has
+verdicts) has no readable verdict. Per benchmark b, each
 row's score is averaged over base models (after averaging seeds); weights are
 w_b = 1 / (instruct_b - base_b), normalised, when both reference rows exist, else from config.
 The headline is 100 * sum_b w_b * score_b; its spread is the std of per-seed headlines.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -35,19 +37,28 @@ class Weights:
     source: str  # "reference rows", "config", or "equal"
 
 
-def _read_tree(root: Path, kind: str) -> list[dict]:
+def _cell_identity(root: Path, kind: str, path: Path) -> dict | None:
+    """The cell a result file belongs to, from its path; None (logged) when not laid out as a cell."""
+    parts = path.relative_to(root / kind).with_suffix("").parts
+    if len(parts) != 4 or not re.fullmatch(r"seed[0-9]+", parts[3]):
+        log.warning("ignoring %s: not laid out as %s/AGENT/MODEL/BENCHMARK/seedN.json", path, kind)
+        return None
+    return {"agent": parts[0], "model": parts[1], "benchmark": parts[2], "seed": int(parts[3][4:])}
+
+
+def _read_evals(root: Path) -> list[dict]:
     records = []
-    for path in sorted((root / kind).rglob("*.json")):
+    for path in sorted((root / "evals").rglob("*.json")):
+        identity = _cell_identity(root, "evals", path)
+        if identity is None:
+            continue
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LeaderboardError(f"{path}: unreadable JSON ({exc})") from None
-        parts = path.relative_to(root / kind).with_suffix("").parts
-        if len(parts) != 4 or not parts[3].startswith("seed"):
-            log.warning("ignoring %s: not laid out as %s/AGENT/MODEL/BENCHMARK/seedN.json", path, kind)
-            continue
+        except (OSError, ValueError, RecursionError) as exc:
+            raise LeaderboardError(f"{path}: unreadable JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(record, dict):
+            raise LeaderboardError(f"{path}: not a JSON object")
         # The path is the cell's identity; fields in the file must not contradict it.
-        identity = {"agent": parts[0], "model": parts[1], "benchmark": parts[2], "seed": int(parts[3][4:])}
         for key, value in identity.items():
             if key in record and str(record[key]) != str(value):
                 raise LeaderboardError(f"{path}: field {key}={record[key]!r} contradicts its path ({value!r})")
@@ -55,13 +66,57 @@ def _read_tree(root: Path, kind: str) -> list[dict]:
     return records
 
 
-def load_cells(results_dir: str | Path, eval_files: list[Path] | None = None) -> pd.DataFrame:
+def verdict_problem(path: Path, identity: dict | None = None) -> tuple[dict | None, str | None]:
+    """Read one verdict: ``(verdict, None)``, or ``(None, why)`` when it cannot be trusted as one
+    (unreadable, not an object, ``flagged`` not a boolean, ``reasons`` not a list of strings, or a
+    field contradicting the cell its path names). Never raises."""
+    try:
+        verdict = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(verdict, dict):
+        return None, "not a JSON object"
+    if not isinstance(verdict.get("flagged"), bool):
+        return None, f"'flagged' is {type(verdict.get('flagged')).__name__}, not a boolean"
+    reasons = verdict.get("reasons")
+    if reasons is not None and not (isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)):
+        return None, "'reasons' is not a list of strings"
+    for key, value in (identity or {}).items():
+        if key in verdict and str(verdict[key]) != str(value):
+            return None, f"field {key}={str(verdict[key])[:80]!r} contradicts its path ({value!r})"
+    return verdict, None
+
+
+def _read_verdicts(root: Path) -> tuple[list[dict], int]:
+    """The readable verdicts under ``root/judge`` and how many cell verdict files there are in all
+    (readable or not). A verdict that cannot be trusted leaves its cell unjudged, with a warning."""
+    records, present = [], 0
+    for path in sorted((root / "judge").rglob("*.json")):
+        identity = _cell_identity(root, "judge", path)
+        if identity is None:
+            continue
+        present += 1
+        verdict, problem = verdict_problem(path, identity)
+        if problem:
+            log.warning("%s: %s; the cell counts as unjudged (scored as the base model)", path, problem)
+            continue
+        records.append({"flagged": verdict["flagged"], "reasons": verdict.get("reasons"), **identity})
+    return records, present
+
+
+def load_cells(results_dir: str | Path, eval_files: list[Path] | None = None, *,
+               judged_tree: bool | None = None) -> pd.DataFrame:
     """One row per evaluated cell, with its judge verdict merged in (``judged`` says if there is one).
 
     ``eval_files`` restricts the table to those cells (the workflow passes its own matrix, so
-    results of cells no longer configured do not leak into the leaderboard)."""
+    results of cells no longer configured do not leak into the leaderboard).
+
+    The ``audited`` column says whether a post-training cell needs a verdict to keep its score: true in a tree
+    that has verdict files (or when ``judged_tree`` says the caller expects them), where a cell
+    without a usable verdict is scored as the base model; false in a tree without any verdict
+    (published per-cell figures), whose scores are taken as given (logged)."""
     root = Path(results_dir)
-    evals = _read_tree(root, "evals")
+    evals = _read_evals(root)
     if eval_files is not None:
         wanted = {Path(p).resolve() for p in eval_files}
         evals = [r for r in evals if Path(r["_path"]).resolve() in wanted]
@@ -73,7 +128,7 @@ def load_cells(results_dir: str | Path, eval_files: list[Path] | None = None) ->
     bad = frame[(frame.status == "ok") & ~frame.score.between(0, 1)]
     if not bad.empty:
         raise LeaderboardError(f"{bad.iloc[0]['_path']}: score {bad.iloc[0]['score']!r} is not in [0, 1]")
-    verdicts = _read_tree(root, "judge")
+    verdicts, present = _read_verdicts(root)
     if verdicts:
         judge = pd.DataFrame(verdicts)[CELL_KEYS + ["flagged", "reasons"]]
         judge["judged"] = True
@@ -82,10 +137,16 @@ def load_cells(results_dir: str | Path, eval_files: list[Path] | None = None) ->
         frame["flagged"], frame["reasons"], frame["judged"] = False, None, False
     frame["judged"] = frame["judged"].astype("boolean").fillna(False).astype(bool)
     frame["flagged"] = frame["flagged"].astype("boolean").fillna(False).astype(bool)
+    audited = bool(present) if judged_tree is None else judged_tree
+    frame["audited"] = audited & ~frame.agent.isin(REFERENCE_AGENTS)
     unjudged = frame[~frame.judged & ~frame.agent.isin(REFERENCE_AGENTS)]
-    if not unjudged.empty:
-        log.info("%d cell(s) have no judge verdict yet; counted as unflagged", len(unjudged))
-    return frame[CELL_KEYS + ["score", "status", "flagged", "reasons", "judged"]].copy()
+    if not unjudged.empty and audited:
+        log.warning("%d post-training cell(s) have no usable judge verdict; they are scored as the base model",
+                    len(unjudged))
+    elif not unjudged.empty:
+        log.warning("no judge verdicts under %s: the %d post-training cell(s) are scored as given, unaudited",
+                    root / "judge", len(unjudged))
+    return frame[CELL_KEYS + ["score", "status", "flagged", "reasons", "judged", "audited"]].copy()
 
 
 def base_scores(cells: pd.DataFrame) -> pd.Series:
@@ -102,10 +163,14 @@ def effective_scores(cells: pd.DataFrame) -> pd.DataFrame:
     base_for_cell = pd.Series([fallback.get(k, float("nan")) for k in keys], index=cells.index)
     failed = cells.status != "ok"
     flagged = cells.flagged & ~cells.agent.isin(REFERENCE_AGENTS)
+    # A verdict is missing or unusable where one was due (a judge that crashed on the submission).
+    audited = cells["audited"] if "audited" in cells else pd.Series(False, index=cells.index)
+    unjudged = audited.astype(bool) & ~cells.judged & ~failed
     cells["replaced"] = None
     cells.loc[failed, "replaced"] = "failed"
+    cells.loc[unjudged, "replaced"] = "unjudged"
     cells.loc[flagged, "replaced"] = "flagged"
-    use_base = failed | flagged
+    use_base = failed | flagged | unjudged
     cells["effective"] = cells.score.where(~use_base, base_for_cell)
     missing_base = use_base & base_for_cell.isna()
     if missing_base.any():
@@ -168,7 +233,7 @@ def _fill_missing(cells: pd.DataFrame) -> pd.DataFrame:
             if (model, benchmark) not in have:
                 extra.append({"agent": agent, "model": model, "benchmark": benchmark, "seed": seed,
                               "score": float("nan"), "status": "missing", "flagged": False,
-                              "reasons": None, "judged": False, "replaced": "missing",
+                              "reasons": None, "judged": False, "audited": False, "replaced": "missing",
                               "effective": fallback.get((model, benchmark), 0.0)})
     return pd.concat([cells, pd.DataFrame(extra)], ignore_index=True) if extra else cells
 
@@ -208,9 +273,11 @@ def leaderboard_from_results(
     results_dir: str | Path,
     config_weights: Mapping[str, float] | None = None,
     eval_files: list[Path] | None = None,
+    judged_tree: bool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Weights]:
-    """Load a results tree and return (leaderboard, per-cell table, weights)."""
-    cells = load_cells(results_dir, eval_files)
+    """Load a results tree and return (leaderboard, per-cell table, weights); ``judged_tree``: see
+    :func:`load_cells`."""
+    cells = load_cells(results_dir, eval_files, judged_tree=judged_tree)
     weights = choose_weights(cells, config_weights)
     board = build_leaderboard(cells, weights)
     board = add_gpu_hours(board, cells, Path(results_dir))

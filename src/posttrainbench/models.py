@@ -232,8 +232,8 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False, local_files_only=True)
+    source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False, local_files_only=True)
     source.eval()
 
     # A clean config: the GGUF load leaves quantization/provenance keys that would confuse later loaders.
@@ -279,8 +279,8 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
     _clean_tokenizer_config(dest)
 
     # Round trip: the saved folder must reproduce the GGUF-loaded model's tokens and greedy continuation.
-    reloaded_tok = AutoTokenizer.from_pretrained(dest)
-    reloaded = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
+    reloaded_tok = AutoTokenizer.from_pretrained(dest, trust_remote_code=False, local_files_only=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32, trust_remote_code=False, local_files_only=True)
     reloaded.eval()
     probe = [{"role": "user", "content": "What is 12 plus 30? Answer with a number."}]
     text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
@@ -324,7 +324,7 @@ def _resave_as_safetensors(folder: Path) -> None:
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
         raise ModelStagingError(f"{folder} has neither *.safetensors nor pytorch_model*.bin weights")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False, local_files_only=True)
     for path in bins + sorted(folder.glob("pytorch_model*.bin.index.json")):
         path.unlink()
     model.save_pretrained(folder, safe_serialization=True)

@@ -11,10 +11,11 @@ from .benchmarks import headline_metric
 from .cells import Cell
 from .io import atomic_write_json, atomic_write_text, read_json
 from .agents.sandbox import now_iso as utc_now
+from .evaluation import InfrastructureError
 
 log = logging.getLogger(__name__)
 
-class EvaluationSetupError(RuntimeError):
+class EvaluationSetupError(InfrastructureError):
     """The configured evaluation cannot run at all: the job fails loudly instead of recording a
     per-cell failure that would silently score every cell as the base model."""
 
@@ -48,6 +49,15 @@ def resolve_backend(options: dict) -> str:
     return "hf"
 
 
+def code_execution_settings(options: dict, sandbox: dict | None):
+    """The code sandbox settings of ``evaluation.code_execution``, backend and image from ``sandbox``
+    unless set there."""
+    from .code_sandbox import CodeExecutionSettings
+
+    return CodeExecutionSettings.from_config(options.get("code_execution"), sandbox or {},
+                                             timeout_seconds=options.get("code_timeout_seconds", 10))
+
+
 def max_tokens_ladder(first: int, retries: int) -> list[int]:
     """The published retry ladder: each retry halves the max-token limit (never below 16 tokens)."""
     ladder = [int(first)]
@@ -59,9 +69,17 @@ def max_tokens_ladder(first: int, retries: int) -> list[int]:
     return ladder
 
 
-def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: dict, out_json: Path,
-                  threads: int = 1, grade: bool = True, prompting: str = "chat", family: str = "auto") -> dict:
+def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, base_dir: Path, options: dict, out_json: Path,
+                  threads: int = 1, grade: bool = True, prompting: str = "chat", family: str = "auto",
+                  sandbox: dict | None = None) -> dict:
     """Evaluate the cell's ``final_model`` on its benchmark and write the eval JSON.
+
+    ``base_dir``: the staged base model; its tokenizer is the one evaluation encodes and decodes with, and its
+    config decides the template family for ``auto``. A checkpoint that cannot be evaluated as data (see
+    :mod:`posttrainbench.checkpoint_guard`: a tokenizer that differs from the base's, a hostile config or weight
+    header, ...) is recorded ``status: failed`` with ``error: "checkpoint rejected: <reason>"``. What is the
+    pipeline's fault raises instead (:class:`~posttrainbench.evaluation.InfrastructureError`: a missing staged base,
+    an unusable configuration, a bug in the checks), so it fails the job and is never scored as the agent's.
 
     ``prompting`` ``chat``: zero-shot through a chat template, the ``family``'s forced one (configured, or
     ``auto`` = detected from the checkpoint) unless ``evaluation.chat_template`` is ``checkpoint``;
@@ -73,6 +91,12 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
     """
     run = read_json(run_json)
     backend = resolve_backend(options)
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise EvaluationSetupError(f"the staged base model {base_dir} is missing (no config.json)")
+    sampling = options.get("sampling", "greedy")
+    if sampling not in ("greedy", "checkpoint"):
+        raise EvaluationSetupError(f"evaluation.sampling must be greedy or checkpoint, not {sampling!r}")
     from .benchmarks import GRADED_BENCHMARKS, benchmark_info
 
     record = {
@@ -91,9 +115,11 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
     import torch
 
     torch.set_num_threads(max(1, threads))
+    from .checkpoint_guard import CheckpointRejected
     from .evaluation import EvaluationError, evaluate_checkpoint
 
-    prompt = prompt_settings(cell.benchmark, Path(checkpoint), prompting, family, options)
+    # The family comes from the staged base, as for the runner: the checkpoint's config is the agent's.
+    prompt = prompt_settings(cell.benchmark, base_dir, prompting, family, options)
     record.update({k: v for k, v in prompt.items() if k != "chat_template"})
 
     for max_gen_toks in max_tokens_ladder(first, options.get("retries", 2)):
@@ -110,12 +136,24 @@ def evaluate_cell(cell: Cell, *, run_json: Path, benchmark_dir: Path, options: d
                 chat_template=prompt["chat_template"],
                 num_fewshot=prompt["num_fewshot"],
                 code_timeout=options.get("code_timeout_seconds", 10),
+                # Executed output runs in the agents' sandbox backend (config ``sandbox``) unless overridden.
+                code_execution=code_execution_settings(options, sandbox),
                 backend=backend,
                 timeout_seconds=options.get("timeout_seconds"),
                 max_model_len=options.get("max_model_len", 4096),
                 server_log=out_json.with_name(out_json.stem + ".vllm.log") if backend == "vllm" else None,
+                base_dir=base_dir,
+                sampling=sampling,
             )
-        except Exception as exc:  # noqa: BLE001 - any failure is this cell's recorded outcome
+        except InfrastructureError:
+            raise
+        except CheckpointRejected as exc:
+            reason = f"checkpoint rejected: {exc}".splitlines()[0][:1000]
+            log.error("evaluation refused the checkpoint: %s", reason)
+            record["attempts"].append({"max_gen_toks": max_gen_toks, "error": reason})
+            record["error"] = reason
+            break  # the same files are refused again with fewer tokens
+        except Exception as exc:  # noqa: BLE001 - what lm-eval and transformers do with the checkpoint is its outcome
             log.error("evaluation failed (max_gen_toks=%d):\n%s", max_gen_toks, traceback.format_exc())
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             record["attempts"].append({"max_gen_toks": max_gen_toks, "error": reason})

@@ -32,7 +32,7 @@ class ServerError(RuntimeError):
 
 
 def _has_vllm(python: str) -> bool:
-    probe = subprocess.run([python, "-c", "import vllm"], capture_output=True, timeout=120)
+    probe = subprocess.run([python, "-c", "import vllm"], capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     return probe.returncode == 0
 
 
@@ -77,7 +77,10 @@ class OpenAICompatibleServer:
 
     On CPU the server runs eagerly (``--enforce-eager``): torch.compile's warm-up costs minutes there and
     gains little for small models. ``kv_cache_gib`` is the CPU KV-cache size (vLLM's default is far larger
-    than a laptop or CI runner wants).
+    than a laptop or CI runner wants). ``tokenizer``: a folder whose tokenizer is used instead of the model
+    folder's (``--tokenizer``); ``generation_config``: ``vllm`` ignores the model folder's
+    ``generation_config.json`` (vLLM's own defaults, the request's settings), ``None`` keeps vLLM's default.
+    The server never trusts remote code and reads stdin from ``/dev/null``.
     """
 
     def __init__(
@@ -95,8 +98,12 @@ class OpenAICompatibleServer:
         log_path: str | Path | None = None,
         startup_timeout: float = 900,
         python: str | None = None,
+        tokenizer: str | Path | None = None,
+        generation_config: str | None = None,
     ):
         self.model_dir = Path(model_dir).resolve()
+        self.tokenizer = Path(tokenizer).resolve() if tokenizer is not None else None
+        self.generation_config = generation_config
         self.model = served_name or self.model_dir.name
         self.host = host
         self.port = port or free_port(host)
@@ -125,12 +132,19 @@ class OpenAICompatibleServer:
             "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
             "--disable-uvicorn-access-log",
         ]
+        if self.tokenizer is not None:
+            argv += ["--tokenizer", str(self.tokenizer)]
+        if self.generation_config is not None:
+            argv += ["--generation-config", self.generation_config]
         if self.enforce_eager:
             argv.append("--enforce-eager")
         return argv + self.extra_args
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The server needs no API key, proxy or other secret of whoever starts it (see confine.py).
+        from .confine import clean_environment
+
+        env = clean_environment()
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")

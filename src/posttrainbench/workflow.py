@@ -1,4 +1,5 @@
-"""Glue for the scripts that Snakemake rules run: logging into the rule's log file."""
+"""Glue for the scripts that Snakemake rules run: logging into the rule's log file, and the confinement
+of the jobs that read what agents left (see :mod:`posttrainbench.confine`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def logged(snakemake):
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             yield logging.getLogger(f"posttrainbench.rule.{snakemake.rule}")
+        except SystemExit as exc:  # a deliberate exit (the confined run's exit code): no traceback
+            if exc.code not in (0, None):
+                logging.error("rule %s exited with code %s", snakemake.rule, exc.code)
+            raise
         except BaseException:
             logging.exception("rule %s failed", snakemake.rule)
             raise
@@ -43,3 +48,27 @@ def offline_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def confine_enabled(config: dict | None) -> bool:
+    """``sandbox.confine_jobs`` (default true)."""
+    sandbox = (config or {}).get("sandbox") or {}
+    return bool(sandbox.get("confine_jobs", True))
+
+
+@contextlib.contextmanager
+def confined_job(snakemake, *, keys: tuple[str | None, ...] | list[str | None] = (), network: bool = False):
+    """Like :func:`logged`, for a job that reads what an agent left: the environment keeps no API key but
+    ``keys`` (and proxy settings only when ``network``), and the script re-runs itself read-only except its
+    outputs and log (:func:`posttrainbench.confine.confine_job`). The unconfined process exits with the
+    confined run's exit code once its outputs are in place; the body runs in the confined process only."""
+    from .confine import confine_job
+
+    with logged(snakemake) as log:
+        code = confine_job(
+            outputs=list(snakemake.output), log_files=list(snakemake.log), inputs=list(snakemake.input),
+            keys=[k for k in keys if k], network=network, enabled=confine_enabled(snakemake.config), log=log,
+        )
+        if code is not None:
+            raise SystemExit(code)
+        yield log

@@ -8,8 +8,15 @@ lands in the run's trace.jsonl):
 Targets come from a JSON file given as the only argument (written by the test, outside the
 workspace, bound read-only for the probe):
 
-    {"read": [paths], "list": [[dir, name that must not be visible]], "write": [paths], "secrets": [sha256 of values], "connect": [[host, port]],
-     "proxy_get": [urls], "import": [module names]}
+    {"read": [paths], "list": [[dir, name that must not be visible]], "write": [paths], "token": "...",
+     "secrets": [sha256 of values], "connect": [[host, port]], "abstract": [abstract socket names],
+     "proxy_get": [urls], "import": [module names], "identity": true, "fill": [[path, bytes]],
+     "fork": count, "disk_mb": megabytes}
+
+A write leaves ``token`` and its target in the file, so the test can look on the host for what
+really got there (a write into the sandbox's private scratch succeeds inside and reaches nothing).
+``fork`` tries to hold that many processes at once; ``disk_mb`` fills the workspace and waits: both
+are stopped by the sandbox's limits, not by the agent.
 
 After probing it still behaves like an agent and leaves a (tiny) checkpoint in final_model/.
 """
@@ -19,6 +26,7 @@ import json
 import os
 import socket
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,10 +53,10 @@ def try_list(path: str, forbidden: str) -> None:
         report("list", f"{path}:{forbidden}", False, f"{type(exc).__name__}: {exc.strerror}")
 
 
-def try_write(path: str) -> None:
+def try_write(path: str, token: str) -> None:
     target = Path(path) / "redteam-was-here.txt" if Path(path).is_dir() else Path(path)
     try:
-        target.write_text("pwned\n")
+        target.write_text(f"pwned {token} {target}\n")
         report("write", str(target), True, "written")
     except OSError as exc:
         report("write", str(target), False, f"{type(exc).__name__}: {exc.strerror}")
@@ -82,6 +90,87 @@ def try_connect(host: str, port: int) -> None:
         report("connect", f"{host}:{port}", False, f"{type(exc).__name__}: {exc}")
 
 
+def try_abstract(name: str) -> None:
+    """Connect to a Unix socket in the abstract namespace (no file: only network namespaces separate them)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(3)
+        sock.connect("\0" + name)
+        report("abstract", name, True, sock.recv(200).decode("latin-1", "replace"))
+    except OSError as exc:
+        report("abstract", name, False, f"{type(exc).__name__}: {exc}")
+    finally:
+        sock.close()
+
+
+def try_identity() -> None:
+    """Who the agent is on the host: its uid inside and the host uid that maps to (uid_map)."""
+    uid = os.getuid()
+    host_uid = uid
+    try:
+        for line in Path("/proc/self/uid_map").read_text().splitlines():
+            inside, outside, count = (int(x) for x in line.split())
+            if inside <= uid < inside + count:
+                host_uid = outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    report("identity", "uid", uid == 0 or host_uid == 0, f"uid {uid} inside, host uid {host_uid}, groups {os.getgroups()}")
+
+
+def try_fill(path: str, limit: int) -> None:
+    """Write up to ``limit`` bytes; a scratch file system that ends it early (ENOSPC) holds."""
+    written = 0
+    chunk = b"\0" * (1 << 20)
+    try:
+        with open(path, "wb") as handle:
+            while written < limit:
+                written += handle.write(chunk)
+                handle.flush()
+        report("fill", path, True, f"wrote {written} bytes")
+    except OSError as exc:
+        report("fill", path, False, f"{type(exc).__name__}: {exc.strerror} after {written} bytes")
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def try_fork(count: int) -> None:
+    """Hold ``count`` sleeping children at once; a process limit stops it first. As a fork bomb
+    would, it keeps what it got (for 20 s) after reporting."""
+    children = []
+    try:
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        report("fork", count, True, f"{len(children)} children")
+    except OSError as exc:
+        report("fork", count, False, f"{type(exc).__name__}: {exc.strerror} after {len(children)} children")
+    finally:
+        time.sleep(20)
+        for pid in children:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
+def fill_workspace(megabytes: int) -> None:
+    """Write ``megabytes`` into the workspace, then wait to be stopped."""
+    with open("filler.bin", "wb") as handle:
+        for _ in range(megabytes):
+            handle.write(os.urandom(1 << 20))
+        handle.flush()
+        os.fsync(handle.fileno())
+    report("disk", megabytes, True, "written; waiting")
+    time.sleep(120)
+
+
 def try_proxy_get(url: str) -> None:
     """Through whatever proxy the environment names (the proxy network policy)."""
     try:
@@ -105,12 +194,22 @@ def main() -> None:
         try_read(path)
     for path, forbidden in targets.get("list", []):
         try_list(path, forbidden)
+    if targets.get("identity"):
+        try_identity()
     for path in targets.get("write", []):
-        try_write(path)
+        try_write(path, targets.get("token", ""))
     for value in targets.get("secrets", []):
         try_secret(value)
     for host, port in targets.get("connect", []):
         try_connect(host, int(port))
+    for name in targets.get("abstract", []):
+        try_abstract(name)
+    for path, limit in targets.get("fill", []):
+        try_fill(path, int(limit))
+    if targets.get("fork"):
+        try_fork(int(targets["fork"]))
+    if targets.get("disk_mb"):
+        fill_workspace(int(targets["disk_mb"]))
     for url in targets.get("proxy_get", []):
         try_proxy_get(url)
     for module in targets.get("import", []):

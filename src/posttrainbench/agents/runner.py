@@ -6,18 +6,21 @@ only the agent's own key, and a :class:`~.sandbox.SandboxSpec` saying what it ma
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import subprocess
+import stat
 import sys
 import tempfile
 import time
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,6 +30,8 @@ from ..cells import Cell
 from .. import accounting
 from ..io import atomic_write_json
 from . import workspace as ws
+from .collect import DEFAULT_CAP_FACTOR, Collected, collect_checkpoint, size_text, tree_bytes
+from .fswalk import Walk, open_regular, read_chunks
 from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, Sandbox, SandboxError, SandboxSpec, TraceWriter,
                       get_sandbox, now_iso)
 
@@ -45,6 +50,8 @@ def config_hash(config: dict) -> str:
 
 def _archive_previous_attempt(run_dir: Path) -> None:
     """A rerun never destroys an earlier attempt's workspace or checkpoint: move them aside."""
+    for partial in run_dir.glob(".final_model.partial-*"):  # a collection cut short: never a checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
     leftovers = [p for p in (run_dir / "workspace", run_dir / "final_model") if p.exists()]
     if not leftovers:
         return
@@ -217,42 +224,114 @@ def _dig(event: dict, dotted: str):
     return event
 
 
+USAGE_LINE_LIMIT = 1 << 20  # a usage event is small; longer trace lines are skipped unparsed
+TRANSCRIPT_MAX_FILES = 1_000
+TRANSCRIPT_MAX_BYTES = 1 << 30
+TRANSCRIPT_MAX_DEPTH = 16
+
+
 def usage_from_trace(trace_path: Path, rule: dict | None) -> dict | None:
-    """Token usage and cost summed over the CLI's JSON events on stdout (None if it reports none)."""
+    """Token usage and cost summed over the CLI's JSON events on stdout (None if it reports none).
+
+    The trace is streamed a bounded line at a time: it holds whatever the agent printed."""
     if not rule or not trace_path.is_file():
         return None
     totals: dict[str, float] = {}
     events = 0
-    for line in trace_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            if record.get("type") != "stdout" or not record.get("text", "").startswith("{"):
+    with open(trace_path, "rb") as handle:
+        while line := handle.readline(USAGE_LINE_LIMIT):
+            if not line.endswith(b"\n") and len(line) == USAGE_LINE_LIMIT:
+                while (rest := handle.readline(USAGE_LINE_LIMIT)) and not rest.endswith(b"\n"):
+                    pass  # the remainder of an over-long line
                 continue
-            event = json.loads(record["text"])
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if not isinstance(event, dict) or any(_dig(event, k) != v for k, v in rule.get("match", {}).items()):
-            continue
-        events += 1
-        for name in ("input_tokens", "output_tokens", "cost_usd"):
-            value = _dig(event, rule[name]) if rule.get(name) else None
-            if isinstance(value, (int, float)):
-                totals[name] = totals.get(name, 0) + value
+            try:
+                record = json.loads(line)
+                if record.get("type") != "stdout" or not record.get("text", "").startswith("{"):
+                    continue
+                event = json.loads(record["text"])
+            except (ValueError, AttributeError, TypeError, RecursionError):
+                continue
+            if not isinstance(event, dict) or any(_dig(event, k) != v for k, v in rule.get("match", {}).items()):
+                continue
+            events += 1
+            for name in ("input_tokens", "output_tokens", "cost_usd"):
+                value = _dig(event, rule[name]) if rule.get(name) else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    totals[name] = totals.get(name, 0) + value
     if not events:
         return None
     return {"events": events, **{k: round(v, 6) if k == "cost_usd" else int(v) for k, v in totals.items()}}
 
 
-def _copy_transcripts(workspace: Path, patterns: list[str], dest: Path) -> list[str]:
-    copied = []
+def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a relative path's components match a glob's (``**`` = any number of directories)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
+
+
+def _copy_transcripts(workspace: Path, patterns: list[str], dest: Path) -> tuple[list[str], list[str]]:
+    """Copy the CLI's session files matching ``patterns`` (regular files only, never through a symlink,
+    within bounds); returns what was copied (relative to the run directory) and what was left out, and why."""
+    copied: list[str] = []
+    skipped: list[str] = []
+    budget = TRANSCRIPT_MAX_BYTES
     for pattern in patterns or []:
-        for path in sorted(workspace.glob(pattern)):
-            if path.is_file() and not path.is_symlink():
-                target = dest / path.relative_to(workspace)
+        pattern_parts = tuple(PurePosixPath(pattern).parts)
+        fixed = 0
+        while fixed < len(pattern_parts) - 1 and not any(c in pattern_parts[fixed] for c in "*?["):
+            fixed += 1
+        start = workspace.joinpath(*pattern_parts[:fixed])
+        prefix = pattern_parts[:fixed]
+        if any(stat.S_ISLNK(os.lstat(p).st_mode) for p in _existing_chain(workspace, prefix)):
+            skipped.append(f"{pattern}: its directory is reached through a symlink")
+            continue
+        if not start.is_dir():
+            continue
+        walk = Walk(TRANSCRIPT_MAX_DEPTH, 20_000)
+        for entry in walk.iter(start):
+            parts = prefix + tuple(entry.relative.split("/"))
+            if not _glob_match(parts, pattern_parts):
+                continue
+            relative = "/".join(parts)
+            if not stat.S_ISREG(entry.st.st_mode):
+                skipped.append(f"{relative}: a {entry.kind}")
+                continue
+            if len(copied) >= TRANSCRIPT_MAX_FILES or entry.st.st_size > budget:
+                skipped.append(f"{relative}: over the transcript bounds ({TRANSCRIPT_MAX_FILES} files, "
+                               f"{TRANSCRIPT_MAX_BYTES} bytes)")
+                continue
+            target = dest.joinpath(*parts)
+            try:
+                fd = open_regular(entry)
+            except (OSError, ValueError) as exc:
+                skipped.append(f"{relative}: {getattr(exc, 'strerror', None) or exc}")
+                continue
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
-                copied.append(str(target.relative_to(dest.parent)))
-    return copied
+                with open(target, "wb") as out:
+                    for chunk in read_chunks(fd, entry.st.st_size):
+                        out.write(chunk)
+            finally:
+                os.close(fd)
+            budget -= entry.st.st_size
+            copied.append(str(target.relative_to(dest.parent)))
+        skipped += [f"{'/'.join(prefix + (where,)) if where != '.' else start.name}: {why}"
+                    for where, why in walk.problems]
+    return copied, skipped
+
+
+def _existing_chain(root: Path, parts: tuple[str, ...]) -> list[Path]:
+    """The existing paths root/p1, root/p1/p2, ... (to check none of them is a symlink)."""
+    chain, path = [], root
+    for part in parts:
+        path = path / part
+        if not os.path.lexists(path):
+            break
+        chain.append(path)
+    return chain
 
 
 def _git_commit() -> str | None:
@@ -353,7 +432,8 @@ def run_cell(
     env = _agent_env(workspace, threads, cell, base_dir, deadline, gpus)
     box = SandboxSpec(workspace=workspace, network=network, gpus=gpus, private_dir=private,
                       read_only=[p for p in (base_dir, instruct_dir, train_data) if p is not None],
-                      allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network))
+                      allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network),
+                      **{k: budget[k] for k in ("max_processes", "disk_gb", "tmp_mb", "shm_mb") if k in budget})
     if sandbox.isolating:
         box.mapped[TOOLS_MOUNT] = ws.install_tools(private / "tools")
         env["PYTHONPATH"] = f"{TOOLS_MOUNT}/python"
@@ -383,19 +463,50 @@ def run_cell(
         trace.close()
         shutil.rmtree(private, ignore_errors=True)  # tools, sockets, the env file with the agent's key
 
-    final_model, checkpoint_problem = _collect_checkpoint(workspace, run_dir)
-    # Whatever is in final_model/ is evaluated, whatever the status says about how the run ended.
-    if outcome.timed_out:
+    # From here on the agent has run: whatever it left, and whatever goes wrong reading it, becomes part
+    # of the record; run.json is always written.
+    runner_errors: list[str] = []
+
+    def attempt(step: str, compute, fallback):
+        try:
+            return compute()
+        except Exception as exc:  # noqa: BLE001 - recorded in run.json, logged with its traceback
+            log.exception("after the agent ran, %s failed", step)
+            runner_errors.append(f"{step}: {type(exc).__name__}: {exc}".splitlines()[0][:500])
+            return fallback
+
+    max_bytes, cap_source = attempt("checkpoint cap", lambda: checkpoint_cap(budget, base_dir), (None, ""))
+    # The base/instruct recipes hard-link the staged model by construction: only they may.
+    trusted: tuple[Path, ...] = ()
+    if spec["type"] == "builtin" and spec.get("recipe") in ("base", "instruct"):
+        source = base_dir if spec["recipe"] == "base" else instruct_dir
+        trusted = (source,) if source is not None else ()
+    collected = attempt("checkpoint collection", lambda: collect_checkpoint(
+        workspace / "final_model", run_dir / "final_model", workspace=workspace, max_bytes=max_bytes,
+        cap_source=cap_source, trusted_sources=trusted), None)
+    if collected is None:
+        collected = Collected(None, f"the checkpoint could not be collected ({runner_errors[-1]})", present=True)
+    final_model = collected.path
+    # A checkpoint that was left but rejected is the outcome, however the run ended (timed_out and
+    # exit_code say that); otherwise whatever is in final_model/ is evaluated, whatever the status says.
+    if final_model is None and collected.present:
+        status = "invalid_checkpoint"
+    elif outcome.timed_out:
         status = "timeout"
     elif outcome.exit_code != 0:
         status = "error"
     elif final_model is None:
-        status = "invalid_checkpoint" if (workspace / "final_model").exists() else "no_checkpoint"
+        status = "no_checkpoint"
     else:
         status = "ok"
     reason = None
     if final_model is None:
-        reason = f"{checkpoint_problem}: the cell scores as the base model"
+        reason = f"{collected.reason}: the cell scores as the base model"
+    manifest_after = attempt("hashing evaluation/", lambda: ws.manifest(helper_root, workspace),
+                             {ws.HELPER_DIR: ws.UNHASHED + "hashing failed"})
+    transcripts, transcript_problems = attempt(
+        "copying transcripts", lambda: _copy_transcripts(workspace, adapter.get("transcript", []),
+                                                         run_dir / "transcript"), ([], []))
     record.update(
         status=status,
         reason=reason,
@@ -405,31 +516,42 @@ def run_cell(
         budget_fraction=round(outcome.wall_seconds / timeout, 4),
         exit_code=outcome.exit_code,
         timed_out=outcome.timed_out,
-        **accounting.cell_gpu_hours(outcome.wall_seconds, gpus),  # SLURM accounting in a job, else wall x GPUs
+        # SLURM accounting in a job, else wall x GPUs
+        **attempt("GPU accounting", lambda: accounting.cell_gpu_hours(outcome.wall_seconds, gpus), {}),
         final_model=str(final_model) if final_model else None,
-        harness_manifest_after=ws.manifest(helper_root, workspace),
+        checkpoint_bytes=collected.size_bytes,
+        checkpoint_cap_bytes=max_bytes,
+        harness_manifest_after=manifest_after,
+        harness_manifest_problems=_first(ws.manifest_problems(manifest_after)),
         egress=[f"{e['host']}:{e['port']}" for e in outcome.egress] if outcome.egress is not None else None,
         egress_detail=outcome.egress,
-        usage=usage_from_trace(trace_path, adapter.get("usage")),
-        transcripts=_copy_transcripts(workspace, adapter.get("transcript", []), run_dir / "transcript"),
+        limits=box.limits(),
+        limits_hit=outcome.limits_hit,  # [{"limit", "value", "max", "time"}]: the run was stopped for these
+        usage=attempt("reading usage from the trace", lambda: usage_from_trace(trace_path, adapter.get("usage")),
+                      None),
+        transcripts=transcripts,
+        transcript_problems=_first(transcript_problems),
+        output_dropped=dict(trace.dropped) if trace.dropped["lines"] else None,
+        runner_errors=runner_errors,
         recorded=now_iso(),
     )
     atomic_write_json(run_dir / "run.json", record)
     return record
 
 
-def _collect_checkpoint(workspace: Path, run_dir: Path) -> tuple[Path | None, str | None]:
-    """Move ``workspace/final_model`` to the cell's ``final_model`` (one rename), if it is usable.
+def _first(items: list[str], n: int = 100) -> list[str]:
+    """At most ``n`` items of a list an agent can make long, and how many more there were."""
+    return items if len(items) <= n else items[:n] + [f"... and {len(items) - n} more"]
 
-    Returns the collected path, or None and why not. A folder without ``config.json`` or weights
-    is left in the workspace (for the judge to look at) and reported as invalid.
-    """
-    produced = workspace / "final_model"
-    if not produced.is_dir() or produced.is_symlink() or not any(produced.iterdir()):
-        return None, "no final_model/ was left in the workspace"
-    weights = [p for p in produced.iterdir() if p.suffix in (".safetensors", ".bin")]
-    if not (produced / "config.json").is_file() or not weights:
-        return None, "final_model/ has no config.json or no weights (*.safetensors, *.bin)"
-    target = run_dir / "final_model"
-    os.replace(produced, target)
-    return target, None
+
+def checkpoint_cap(budget: dict, base_dir: Path) -> tuple[int | None, str]:
+    """The largest checkpoint collected, in bytes, and where that figure comes from: ``budget.max_checkpoint_gb``,
+    else a few times the staged base model (no cap when the base model's size is unknown)."""
+    configured = budget.get("max_checkpoint_gb")
+    if configured is not None:
+        return int(float(configured) * 1e9), f"budget.max_checkpoint_gb = {configured}"
+    base = tree_bytes(base_dir)
+    if not base:
+        return None, ""
+    return DEFAULT_CAP_FACTOR * base, (f"{DEFAULT_CAP_FACTOR} x the base model's {size_text(base)}; "
+                                          "budget.max_checkpoint_gb sets it")

@@ -4,23 +4,32 @@ Backends share :class:`Sandbox` and differ only in the argv they wrap the agent 
 
 * ``bubblewrap``: a new mount namespace built from an allow-list (read-only system directories,
   the Python environment, the inputs of the cell), the workspace as the only writable place,
-  private ``/tmp``, its own PID namespace, no capabilities, and a network namespace of its own
-  unless the network policy is ``open``.
+  private size-limited ``/tmp``, ``/dev/shm`` and ``/run``, its own PID and network namespaces,
+  no capabilities, and a user namespace whose one user is never host root (see :mod:`.userns_exec`).
+  Under the ``open`` policy, slirp4netns gives that network namespace the outside world but not
+  the host's loopback services or abstract Unix sockets.
 * ``apptainer``: ``apptainer exec --containall --cleanenv`` in the agent image, with the
   workspace and the cell's inputs bound in (``--nv`` when the cell has GPUs).
 * ``none``: a plain subprocess, for development only (the runner logs it loudly).
 
-Network policies: ``open`` (the host's network, as in the published setup), ``none`` (an empty
-network namespace: no host service is reachable, not even on loopback) and ``proxy`` (an empty
-namespace whose only way out is the logging gateway of :mod:`.egress`).
+Network policies: ``open`` (the internet, as in the published setup; with bubblewrap through a
+user-mode network stack that does not reach host-local services), ``none`` (an empty network
+namespace: no host service is reachable, not even on loopback) and ``proxy`` (an empty namespace
+whose only way out is the logging gateway of :mod:`.egress`).
+
+Every backend is watched while it runs: the agent's process count (threads included) and its
+workspace's disk usage are measured at an interval and the run is stopped, and the limit recorded,
+when one is exceeded (bubblewrap also sets the kernel's per-sandbox process limit).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 # Variables an agent process may inherit from the pipeline; everything else (grader and judge
 # keys above all) is dropped. Agent-specific keys are added explicitly by the caller.
@@ -48,29 +57,84 @@ class RunOutcome:
     ended: str
     wall_seconds: float
     egress: list[dict] | None = None
+    limits_hit: list[dict] = field(default_factory=list)  # {"limit", "value", "max", "time"} per limit hit
+
+
+# What one line of the agent's stdout/stderr may take in the trace; a longer line is cut there and its
+# length recorded. Past the output budget, lines are only counted (the trace lives outside the workspace).
+TRACE_LINE_LIMIT = 64 * 1024
+TRACE_OUTPUT_LIMIT = 1 << 30
+PUMP_CHUNK = 64 * 1024
 
 
 class TraceWriter:
     """Append-only JSONL event log, line-buffered so a killed job keeps what was written."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, output_limit: int = TRACE_OUTPUT_LIMIT):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[str] = open(path, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
+        self._output_left = output_limit
+        self.output_limit = output_limit
+        self.dropped = {"lines": 0, "bytes": 0}
 
     def event(self, kind: str, **fields) -> None:
         record = {"time": now_iso(), "type": kind, **fields}
         with self._lock:
             self._handle.write(json.dumps(record, default=str) + "\n")
 
+    def output(self, stream: str, text: str, length: int, truncated: bool) -> None:
+        """One line of the agent's output (``length`` bytes, ``text`` possibly cut short)."""
+        record = {"time": now_iso(), "type": stream, "text": text}
+        if truncated:
+            record.update(truncated=True, length=length)
+        with self._lock:
+            if self._output_left <= 0:
+                if not self.dropped["lines"]:
+                    self._handle.write(json.dumps({"time": now_iso(), "type": "output_limit",
+                                                   "limit_bytes": self.output_limit}) + "\n")
+                self.dropped["lines"] += 1
+                self.dropped["bytes"] += length
+                return
+            self._output_left -= min(length, TRACE_LINE_LIMIT)
+            self._handle.write(json.dumps(record) + "\n")
+
     def close(self) -> None:
         self._handle.close()
 
 
-def _pump(stream: IO[bytes], name: str, trace: TraceWriter) -> None:
-    for raw in iter(stream.readline, b""):
-        trace.event(name, text=raw.decode("utf-8", errors="replace").rstrip("\n"))
-    stream.close()
+def _pump(stream: IO[bytes], name: str, trace: TraceWriter, line_limit: int = TRACE_LINE_LIMIT) -> None:
+    """Copy ``stream`` into the trace line by line, reading bounded chunks: at most ``line_limit`` bytes
+    of a line are held, so an endless line costs no memory. Draining never stops (a full trace disk
+    included): a pipe left unread would block the agent."""
+    kept = bytearray()  # the start of the current line, up to line_limit bytes
+    length = 0  # the current line's full length so far
+
+    def emit() -> None:
+        try:
+            trace.output(name, kept.decode("utf-8", errors="replace"), length, truncated=length > line_limit)
+        except (OSError, ValueError):
+            pass  # the trace cannot be written; keep draining
+
+    try:
+        while chunk := stream.read1(PUMP_CHUNK):
+            start = 0
+            while start <= len(chunk):
+                newline = chunk.find(b"\n", start)
+                end = newline if newline >= 0 else len(chunk)
+                if len(kept) < line_limit:
+                    kept += chunk[start:min(end, start + line_limit - len(kept))]
+                length += end - start
+                if newline < 0:
+                    break
+                emit()
+                kept.clear()
+                length = 0
+                start = newline + 1
+        if length:
+            emit()
+    finally:
+        stream.close()
 
 
 NETWORK_POLICIES = ("open", "none", "proxy")
@@ -85,6 +149,26 @@ ETC_ENTRIES = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host
                "protocols", "services", "localtime", "timezone", "ssl", "ca-certificates", "pki",
                "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "mime.types", "os-release",
                "fonts", "environment", "debian_version", "magic", "nvidia")
+
+
+# The agent's uid and gid inside a bubblewrap sandbox, and the host ids they map to when the
+# pipeline runs as root (nobody/nogroup: owns no files); otherwise they map to the pipeline's user.
+SANDBOX_ID = 1000
+ROOT_MAPS_TO = 65534
+USERNS_LAUNCHER = Path(__file__).with_name("userns_exec.py")
+# Defaults of the config's budget keys (schema.yaml); generous: an honest training run with data
+# loader workers, pip installs and caches fits. Threads count as processes (as for the kernel).
+DEFAULT_MAX_PROCESSES = 8192
+DEFAULT_DISK_GB = 200.0
+DEFAULT_TMP_MB = 16384
+DEFAULT_SHM_MB = 16384
+RUN_TMPFS_MB = 64
+# A run stopped for a limit gets at most this long between SIGTERM and SIGKILL.
+LIMIT_GRACE_SECONDS = 5.0
+PROCESS_CHECK_SECONDS = 1.0
+DISK_CHECK_SECONDS = 2.0  # at least; longer when measuring the workspace takes long
+# slirp4netns's fixed addresses: its DNS forwarder inside the sandbox.
+SLIRP_DNS = "10.0.2.3"
 
 
 class SandboxError(RuntimeError):
@@ -108,6 +192,26 @@ class SandboxSpec:
     forwards: list[tuple[str, int]] = field(default_factory=list)  # host endpoints exposed inside (proxy)
     allowed_hosts: list[str] | None = None
     private_dir: Path | None = None  # the pipeline's own scratch for this run, never visible inside
+    max_processes: int = DEFAULT_MAX_PROCESSES  # processes and threads of the agent, together
+    disk_gb: float = DEFAULT_DISK_GB  # the workspace's size on disk
+    tmp_mb: int = DEFAULT_TMP_MB  # /tmp (and /run: RUN_TMPFS_MB) in memory
+    shm_mb: int = DEFAULT_SHM_MB  # /dev/shm
+
+    def limits(self) -> dict:
+        return {"max_processes": self.max_processes, "disk_gb": self.disk_gb, "tmp_mb": self.tmp_mb,
+                "shm_mb": self.shm_mb}
+
+
+@dataclass
+class Launch:
+    """How to start one wrapped command: argv, environment, inherited descriptors, and what to do
+    once it has started (``started`` may raise :class:`SandboxError`) and after it has ended."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+    started: Callable[[subprocess.Popen], None] | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Sandbox:
@@ -145,6 +249,11 @@ class Sandbox:
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         return relay + ["--"] + list(command)
 
+    def _launch(self, command: Sequence[str], spec: SandboxSpec, env: dict[str, str]) -> Launch:
+        """What :meth:`run` starts; backends that need descriptors or a start step override it."""
+        argv, host_env = self.wrap(command, spec, env)
+        return Launch(argv, host_env)
+
     def run(
         self,
         command: Sequence[str],
@@ -156,31 +265,41 @@ class Sandbox:
         trace: TraceWriter,
         spec: SandboxSpec | None = None,
     ) -> RunOutcome:
-        """Run ``command`` in ``workspace``; at the deadline send SIGTERM to its process group,
-        then SIGKILL after ``grace_seconds``."""
+        """Run ``command`` in ``workspace``; at the deadline, or when a limit of ``spec`` is exceeded,
+        send SIGTERM to its process group, then SIGKILL after ``grace_seconds``."""
         spec = spec or SandboxSpec(workspace=workspace)
         if spec.network not in NETWORK_POLICIES:
             raise SandboxError(f"config key 'sandbox.network' has value {spec.network!r}; "
                                f"allowed values: {', '.join(NETWORK_POLICIES)}")
         gateway = None
-        if spec.network == "proxy":
-            from .egress import EgressGateway  # imports this module: import here
-
-            # A short path of its own: Unix socket paths are limited to about 100 bytes.
-            socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-"))
-            gateway = EgressGateway(socket_dir, trace, forwards=spec.forwards,
-                                    allowed_hosts=spec.allowed_hosts).start()
-            spec.mapped[EGRESS_MOUNT] = socket_dir
+        scratch = None
+        if spec.private_dir is None and self.isolating:
+            scratch = spec.private_dir = Path(tempfile.mkdtemp(prefix="ptb-sandbox-"))
+        launch = None
         try:
-            argv, host_env = self.wrap(command, spec, dict(env))
+            if spec.network == "proxy":
+                from .egress import EgressGateway  # imports this module: import here
+
+                # A short path of its own: Unix socket paths are limited to about 100 bytes.
+                socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-"))
+                socket_dir.chmod(0o755)  # the sandbox's user (not the pipeline's) connects to its sockets
+                gateway = EgressGateway(socket_dir, trace, forwards=spec.forwards,
+                                        allowed_hosts=spec.allowed_hosts).start()
+                spec.mapped[EGRESS_MOUNT] = socket_dir
+            launch = self._launch(command, spec, dict(env))
             # Only names are logged: values may hold the agent's own API key.
-            trace.event("start", command=argv, sandbox=self.name, network=spec.network,
-                        timeout_seconds=timeout_seconds, env_names=sorted(env))
-            outcome = self._supervise(argv, host_env, workspace, timeout_seconds, grace_seconds, trace)
+            trace.event("start", command=launch.argv, sandbox=self.name, network=spec.network,
+                        timeout_seconds=timeout_seconds, env_names=sorted(env), limits=spec.limits())
+            outcome = self._supervise(launch, workspace, timeout_seconds, grace_seconds, trace, spec)
         finally:
+            for cleanup in launch.cleanups if launch is not None else ():
+                cleanup()
             if gateway is not None:
                 gateway.stop()
                 shutil.rmtree(gateway.socket_dir, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+                spec.private_dir = None
         if gateway is not None:
             outcome.egress = gateway.summary()
         return outcome
@@ -189,53 +308,182 @@ class Sandbox:
         """The deadline's SIGTERM: to every process of the agent's group."""
         _signal_group(proc, signal.SIGTERM)
 
-    def _supervise(self, argv, host_env, workspace, timeout_seconds, grace_seconds, trace) -> RunOutcome:
+    def _supervise(self, launch: Launch, workspace, timeout_seconds, grace_seconds, trace,
+                   spec: SandboxSpec) -> RunOutcome:
         started, t0 = now_iso(), time.monotonic()
         proc = subprocess.Popen(
-            argv,
+            launch.argv,
             cwd=workspace,
-            env=host_env,
+            env=launch.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            pass_fds=launch.pass_fds,
             start_new_session=True,  # own process group: the deadline kills every child too
         )
+        for fd in launch.pass_fds:  # the child holds its own copies
+            os.close(fd)
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", trace), daemon=True),
             threading.Thread(target=_pump, args=(proc.stderr, "stderr", trace), daemon=True),
         ]
         for thread in pumps:
             thread.start()
-        timed_out = False
+        watch = LimitWatch(proc.pid, workspace, spec, trace)
+        timed_out = stopped = False
         try:
-            proc.wait(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            trace.event("deadline", action="SIGTERM", grace_seconds=grace_seconds)
-            self.terminate(proc)
-            try:
-                proc.wait(timeout=grace_seconds)
-            except subprocess.TimeoutExpired:
-                trace.event("deadline", action="SIGKILL")
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+            if launch.started is not None:
+                launch.started(proc)
+            watch.start()
+            deadline = t0 + timeout_seconds
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                try:
+                    proc.wait(timeout=min(remaining, 0.25))
+                    break
+                except subprocess.TimeoutExpired:
+                    if watch.exceeded.is_set():
+                        stopped = True
+                        break
+            if timed_out or stopped:
+                kind, grace = ("deadline", grace_seconds) if timed_out else \
+                    ("limit_stop", min(grace_seconds, LIMIT_GRACE_SECONDS))
+                trace.event(kind, action="SIGTERM", grace_seconds=grace)
+                self.terminate(proc)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    trace.event(kind, action="SIGKILL")
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait()
         finally:
-            if proc.poll() is None:  # the pipeline itself is being stopped
+            watch.stop()
+            if proc.poll() is None:  # the pipeline itself is being stopped, or the sandbox did not start
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
-        # An isolating backend's PID namespace ends with it; the group is killed for the rest.
-        _signal_group(proc, signal.SIGKILL)
-        for thread in pumps:
-            thread.join(timeout=10)
+            # An isolating backend's PID namespace ends with it; the group is killed for the rest.
+            _signal_group(proc, signal.SIGKILL)
+            for thread in pumps:
+                thread.join(timeout=10)
         outcome = RunOutcome(
             exit_code=proc.returncode,
             timed_out=timed_out,
             started=started,
             ended=now_iso(),
             wall_seconds=round(time.monotonic() - t0, 3),
+            limits_hit=list(watch.hits),
         )
-        trace.event("exit", exit_code=outcome.exit_code, timed_out=timed_out, wall_seconds=outcome.wall_seconds)
+        trace.event("exit", exit_code=outcome.exit_code, timed_out=timed_out, wall_seconds=outcome.wall_seconds,
+                    limits_hit=outcome.limits_hit)
         return outcome
+
+
+class LimitWatch:
+    """Measures a running agent against its limits from the host: the processes and threads
+    descending from the sandbox's first process (an isolating backend's PID namespace keeps them
+    there), every second, and the workspace's disk usage, at an interval that grows with the time a
+    measurement takes. A limit exceeded is recorded (trace event ``limit``) and sets ``exceeded``.
+    Where the kernel enforces the process limit, reaching it counts as exceeding it."""
+
+    def __init__(self, root_pid: int, workspace: Path, spec: SandboxSpec, trace: TraceWriter):
+        self.root_pid = root_pid
+        self.workspace = Path(workspace)
+        self.max_processes = int(spec.max_processes)
+        self.disk_bytes = int(float(spec.disk_gb) * 1e9)
+        self.disk_gb = spec.disk_gb
+        self.trace = trace
+        self.hits: list[dict] = []
+        self.exceeded = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-limits", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _hit(self, limit: str, value, maximum) -> None:
+        if any(h["limit"] == limit for h in self.hits):
+            return
+        hit = {"limit": limit, "value": value, "max": maximum, "time": now_iso()}
+        self.hits.append(hit)
+        self.trace.event("limit", **hit)
+        self.exceeded.set()
+
+    def _loop(self) -> None:
+        next_disk = time.monotonic() + 1.0
+        disk_interval = DISK_CHECK_SECONDS
+        while not self._stopping.wait(PROCESS_CHECK_SECONDS):
+            tasks = count_tasks(self.root_pid)
+            if tasks >= self.max_processes:
+                self._hit("max_processes", tasks, self.max_processes)
+            if time.monotonic() >= next_disk:
+                t = time.monotonic()
+                used = disk_usage(self.workspace)
+                took = time.monotonic() - t
+                disk_interval = max(DISK_CHECK_SECONDS, 20 * took)
+                next_disk = time.monotonic() + disk_interval
+                if used > self.disk_bytes:
+                    self._hit("disk_gb", round(used / 1e9, 3), self.disk_gb)
+
+
+def count_tasks(root_pid: int) -> int:
+    """Processes and threads descending from ``root_pid`` (itself included), from /proc."""
+    children: dict[int, list[int]] = {}
+    threads: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                fields = handle.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)  # after "pid (comm)": state, ppid, ...
+        threads[pid] = int(fields[17])  # num_threads
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += threads.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes allocated on disk under ``root``: no symlink followed, each hard-linked file once,
+    sparse files by what they really take."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 class BubblewrapSandbox(Sandbox):
@@ -251,28 +499,68 @@ class BubblewrapSandbox(Sandbox):
         return shutil.which(self.executable) is not None
 
     def wrap(self, command, spec, env):
+        """The argv of a bubblewrap sandbox. Under the ``open`` policy it has no network at all
+        unless started by :meth:`run`, which connects it to the outside through slirp4netns."""
+        return self._argv(command, spec, env, network_fds=None)
+
+    def _argv(self, command, spec, env, network_fds: tuple[int, int] | None):
         command = self._network_command(command, spec, env)
-        argv = [self.executable, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try", "--cap-drop", "ALL", "--hostname", "sandbox"]
-        if spec.network != "open":
-            argv.append("--unshare-net")
+        as_root = os.geteuid() == 0
+        host_uid, host_gid = (ROOT_MAPS_TO, ROOT_MAPS_TO) if as_root else (os.getuid(), os.getgid())
+        python_dirs = sorted({Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent.parent})
+        read_only = sorted({Path(p) for p in spec.read_only})
+        if as_root:
+            # The sandbox's user is not the pipeline's: it must be able to read what it is given,
+            # and the workspace becomes its own.
+            for path in python_dirs + read_only + [Path(p) for p in spec.mapped.values()]:
+                _check_readable_by_others(path)
+            _chown_tree(spec.workspace, host_uid, host_gid)
+        launcher = [sys.executable, "-I", "-S", str(USERNS_LAUNCHER), "--inside-id", str(SANDBOX_ID),
+                    "--host-uid", str(host_uid), "--host-gid", str(host_gid),
+                    "--max-tasks", str(int(spec.max_processes))] + (["--stage"] if as_root else [])
+        argv = launcher + ["--", self.executable, "--die-with-parent", "--uid", str(SANDBOX_ID),
+                           "--gid", str(SANDBOX_ID), "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                           "--unshare-net", "--unshare-cgroup-try", "--cap-drop", "ALL", "--hostname", "sandbox"]
+        if network_fds is not None:
+            info_fd, block_fd = network_fds
+            argv += ["--info-fd", str(info_fd), "--block-fd", str(block_fd)]
         for path in SYSTEM_DIRS + tuple(f"/etc/{name}" for name in ETC_ENTRIES):
             argv += ["--ro-bind-try", path, path]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/run"]
+        # Memory-backed scratch, each with a size limit (--size applies to the next --tmpfs).
+        argv += ["--proc", "/proc", "--dev", "/dev",
+                 "--size", str(int(spec.tmp_mb) << 20), "--tmpfs", "/tmp",
+                 "--size", str(int(spec.shm_mb) << 20), "--tmpfs", "/dev/shm",
+                 "--size", str(RUN_TMPFS_MB << 20), "--tmpfs", "/run"]
         if spec.gpus > 0:
+            # Device nodes keep their host permissions (NVIDIA's are 0666): the sandbox's user opens them.
             for device in sorted(Path("/dev").glob("nvidia*")):
                 argv += ["--dev-bind", str(device), str(device)]
         # The interpreter and its environment (a venv points at its base installation).
-        python_dirs = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent.parent}
-        for path in sorted(python_dirs) + sorted({Path(p) for p in spec.read_only}):
+        for path in python_dirs + read_only:
             argv += ["--ro-bind", str(path), str(path)]
         for inside, outside in spec.mapped.items():
             argv += ["--ro-bind", str(outside), inside]
+        if spec.private_dir is not None:
+            for name, path in _identity_files(spec, network_fds is not None).items():
+                argv += ["--ro-bind", str(path), f"/etc/{name}"]
         ws = str(spec.workspace)
         # The root itself (a tmpfs holding the mount points) is read-only: writes go to the workspace or /tmp.
         argv += ["--bind", ws, ws, "--remount-ro", "/", "--chdir", ws, "--"]
         return argv + list(command), env
 
+    def _launch(self, command, spec, env):
+        if spec.network != "open":
+            argv, host_env = self._argv(command, spec, env, network_fds=None)
+            return Launch(argv, host_env)
+        slirp = shutil.which("slirp4netns")
+        if slirp is None:
+            raise SandboxError("network 'open' with backend 'bubblewrap' needs slirp4netns (envs/debian-packages.txt, "
+                               "make system) to reach the internet without exposing the host's local services")
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        argv, host_env = self._argv(command, spec, env, network_fds=(info_w, block_r))
+        network = _SlirpNetwork(slirp, info_r, block_w)
+        return Launch(argv, host_env, pass_fds=(info_w, block_r), started=network.connect, cleanups=[network.close])
 
     def terminate(self, proc: subprocess.Popen) -> None:
         """SIGTERM to the agent's processes but not to bwrap and its PID-namespace init: their
@@ -302,6 +590,153 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+class _SlirpNetwork:
+    """The ``open`` policy for bubblewrap: once bwrap reports its sandbox's PID (``--info-fd``),
+    slirp4netns gives that network namespace a user-mode stack (NAT to the outside, DNS forwarder)
+    with the host's loopback disabled; then the sandbox is let go (``--block-fd``). Abstract Unix
+    sockets belong to a network namespace, so the host's are out of reach too."""
+
+    def __init__(self, executable: str, info_r: int, block_w: int):
+        self.executable = executable
+        self.info_r, self.block_w = info_r, block_w
+        self.process: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile()
+
+    def connect(self, sandbox: subprocess.Popen) -> None:
+        info = b""
+        while chunk := _read_within(self.info_r, 30):
+            info += chunk
+        try:
+            pid = int(json.loads(info)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            raise SandboxError(f"the bubblewrap sandbox did not start (exit code {sandbox.poll()}); "
+                               "its error is in the trace's stderr") from None
+        self._wait_for_loopback(sandbox, pid)
+        ready_r, ready_w = os.pipe()
+        argv = [self.executable, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                "--enable-seccomp", "--ready-fd", str(ready_w)]
+        if os.geteuid() != 0:
+            argv.append(f"--userns-path=/proc/{pid}/ns/user")
+        argv += [str(pid), "tap0"]
+        try:
+            self.process = subprocess.Popen(argv, pass_fds=(ready_w,), stdin=subprocess.DEVNULL,
+                                            stdout=self.log, stderr=self.log)
+        finally:
+            os.close(ready_w)
+        try:
+            ready = _read_within(ready_r, 30)
+        finally:
+            os.close(ready_r)
+        if ready != b"1":
+            self.log.seek(0)
+            detail = " ".join(self.log.read().decode("utf-8", "replace").split())[-300:]
+            raise SandboxError(f"slirp4netns could not connect the sandbox to the network: {detail or 'no reason given'}")
+        os.write(self.block_w, b"1")
+
+    @staticmethod
+    def _wait_for_loopback(sandbox: subprocess.Popen, pid: int, seconds: float = 30) -> None:
+        """bwrap brings up the namespace's loopback while it sets the sandbox up; slirp4netns
+        configuring the same namespace at that moment makes bwrap fail. Its local route appears
+        once loopback is up."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                if "127.0.0.1" in Path(f"/proc/{pid}/net/fib_trie").read_text():
+                    return
+            except OSError:
+                pass
+            if sandbox.poll() is not None:
+                break
+            time.sleep(0.005)
+        raise SandboxError(f"the bubblewrap sandbox did not bring up its network namespace (exit code "
+                           f"{sandbox.poll()}); its error is in the trace's stderr")
+
+    def close(self) -> None:
+        for fd in (self.info_r, self.block_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _read_within(fd: int, seconds: float) -> bytes:
+    """Up to 4096 bytes from ``fd``, or b"" at end of file or after ``seconds``."""
+    ready, _, _ = select.select([fd], [], [], seconds)
+    return os.read(fd, 4096) if ready else b""
+
+
+def _check_readable_by_others(path: Path) -> None:
+    """A path given to a sandbox whose user is not the pipeline's must be world-readable (its
+    top level and, for a directory, what it holds directly): else an honest agent could not read
+    its own inputs, and the run would fail for a reason that is not the agent's."""
+    def check(p: Path, st: os.stat_result) -> None:
+        need = 0o005 if stat.S_ISDIR(st.st_mode) else 0o004
+        if st.st_mode & need != need and st.st_uid != ROOT_MAPS_TO:
+            raise SandboxError(f"{p} is not readable by the sandbox's user (host uid {ROOT_MAPS_TO}, the pipeline "
+                               "runs as root): make it world-readable (chmod -R o+rX)")
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SandboxError(f"{path} is given to the sandbox but cannot be read: {exc.strerror}") from None
+    check(path, st)
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(path) as it:
+                for n, entry in enumerate(it):
+                    if n >= 1000:
+                        break
+                    try:
+                        check(Path(entry.path), entry.stat())
+                    except OSError:
+                        continue
+        except OSError as exc:
+            raise SandboxError(f"{path} is given to the sandbox but cannot be listed: {exc.strerror}") from None
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Give ``root`` and everything under it to ``uid``:``gid``, following no symlink."""
+    os.lchown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            try:
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+            except OSError:
+                pass
+
+
+def _identity_files(spec: SandboxSpec, slirp: bool) -> dict[str, Path]:
+    """/etc files of the sandbox's own: its user in passwd and group (programs that look up their
+    user, as PyTorch's caches do, would fail without), none of the host's accounts, and under
+    slirp4netns a resolver that is reachable from the sandbox."""
+    home = spec.workspace
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/bin/sh\nagent:x:{SANDBOX_ID}:{SANDBOX_ID}:agent:{home}:/bin/sh\n"
+                  "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nagent:x:{SANDBOX_ID}:\nnogroup:x:65534:\n",
+    }
+    if slirp:
+        files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n"
+    folder = Path(spec.private_dir) / "etc"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    paths = {}
+    for name, text in files.items():
+        path = folder / name
+        path.write_text(text)
+        path.chmod(0o644)
+        paths[name] = path
+    return paths
 
 
 class ApptainerSandbox(Sandbox):
@@ -351,6 +786,13 @@ class ApptainerSandbox(Sandbox):
         if "CUDA_VISIBLE_DEVICES" in env:
             host_env["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]  # read by --nv
         return argv + [self.image] + list(command), host_env
+
+    def _launch(self, command, spec, env):
+        # Apptainer runs the container as the user who starts it: as root, that is host root.
+        if os.geteuid() == 0:
+            raise SandboxError("backend 'apptainer' runs the agent as the pipeline's own user, which is root here: "
+                               "run the pipeline as an unprivileged user, or use backend 'bubblewrap'")
+        return super()._launch(command, spec, env)
 
 
 def _env_quote(value: str) -> str:

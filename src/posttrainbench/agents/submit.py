@@ -10,6 +10,7 @@ from pathlib import Path
 
 def _link_or_copy(src: str, dst: str) -> None:
     # Hard links make submitting a multi-GB model free; nothing writes to these files afterwards.
+    # Collection accepts such links only for these recipes, and only to the staged model's own files.
     try:
         os.link(src, dst)
     except OSError:

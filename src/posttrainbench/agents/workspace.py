@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
+
+from .fswalk import Walk, kind_of, open_regular, read_chunks
 
 PACKAGE = Path(__file__).resolve().parents[1]  # src/posttrainbench
 HELPER_DIR = "evaluation"
 # The scoring harness, copied for the helper (evaluation imports benchmarks and io).
-HARNESS_MODULES = ("evaluation.py", "benchmarks.py", "io.py")
+HARNESS_MODULES = ("evaluation.py", "benchmarks.py", "io.py", "checkpoint_guard.py", "tokenizer_guard.py",
+                   "code_sandbox.py", "code_sandbox_inside.py")
 # What the built-in recipes import inside the sandbox: never the evaluation harness.
 TOOL_MODULES = ("__init__.py", "io.py", "models.py", "recipes/__init__.py", "recipes/sft.py",
                 "agents/__init__.py", "agents/submit.py")
@@ -90,6 +95,7 @@ HELPER_SCRIPT = '''\
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +115,9 @@ result = evaluate_checkpoint(
     Path(args.model), settings["benchmark"], HERE / "data", limit=min(args.limit, settings["limit"]),
     max_gen_toks=settings["max_gen_toks"], batch_size=args.batch_size, device=args.device,
     dtype=settings["dtype"], samples_path=HERE / "last_samples.jsonl",
+    base_dir=os.environ.get("PTB_BASE_MODEL") or None,  # the tokenizer final scoring uses too
+    # Programs the model writes run as the agent, inside the agent's own sandbox.
+    code_execution={"backend": "none"},
 )
 print(json.dumps(result, indent=1))
 '''
@@ -118,15 +127,84 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def manifest(root: Path, base: Path) -> dict[str, str]:
-    """{path relative to ``base``: sha256} of every file under ``root`` (none if it is gone)."""
-    if not root.is_dir():
+# Bounds on hashing the evaluation helper's folder after the run: the agent may have filled it.
+MANIFEST_MAX_DEPTH = 32
+MANIFEST_MAX_ENTRIES = 10_000
+MANIFEST_MAX_BYTES = 1 << 30
+UNHASHED = "unhashed: "
+
+
+def manifest(root: Path, base: Path, *, max_depth: int = MANIFEST_MAX_DEPTH, max_entries: int = MANIFEST_MAX_ENTRIES,
+             max_bytes: int = MANIFEST_MAX_BYTES) -> dict[str, str]:
+    """{path relative to ``base``: sha256} of every regular file under ``root`` (empty if it is gone).
+
+    Never follows a symlink and never raises on what it finds: a symlink is recorded as
+    ``symlink -> TARGET``, a FIFO, socket or device by its kind, and what could not be hashed (too deep,
+    too many entries, over the byte budget, unreadable) as ``unhashed: WHY`` under the path where it
+    happened. A pristine helper has only digests, so anything else reads as a change.
+    """
+    top = root.relative_to(base)
+
+    def label(relative: str) -> str:
+        return str(top / relative) if relative != "." else str(top)
+
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
         return {}
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts:
-            out[str(path.relative_to(base))] = sha256_bytes(path.read_bytes())
-    return out
+    except OSError as exc:
+        return {label("."): UNHASHED + f"cannot stat: {exc.strerror or exc}"}
+    if not stat.S_ISDIR(st.st_mode):
+        return {label("."): _describe(root, st)}
+    out: dict[str, str] = {}
+    walk = Walk(max_depth=max_depth, max_entries=max_entries, skip=frozenset({"__pycache__"}))
+    budget = max_bytes
+    for entry in walk.iter(root):
+        if stat.S_ISDIR(entry.st.st_mode):
+            continue
+        key = label(entry.relative)
+        if not stat.S_ISREG(entry.st.st_mode):
+            out[key] = _describe(Path(entry.name), entry.st, entry.parent_fd)
+        elif entry.st.st_size > budget:
+            out[key] = UNHASHED + f"{entry.st.st_size} bytes, over the {max_bytes}-byte hashing budget"
+        else:
+            try:
+                fd = open_regular(entry)
+            except (OSError, ValueError) as exc:
+                out[key] = UNHASHED + f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+                continue
+            digest = hashlib.sha256()
+            try:
+                for chunk in read_chunks(fd, entry.st.st_size):
+                    digest.update(chunk)
+            except OSError as exc:
+                out[key] = UNHASHED + f"cannot read: {exc.strerror or exc}"
+                continue
+            finally:
+                os.close(fd)
+            budget -= entry.st.st_size
+            out[key] = digest.hexdigest()
+    for relative, why in walk.problems:
+        out.setdefault(label(relative), UNHASHED + why)
+    return dict(sorted(out.items()))
+
+
+def _describe(path: Path, st: os.stat_result, dir_fd: int | None = None) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return "symlink -> " + os.readlink(path, dir_fd=dir_fd)[:300]
+        except OSError:
+            return "symlink"
+    return kind_of(st.st_mode)
+
+
+def manifest_problems(entries: dict[str, str]) -> list[str]:
+    """The entries of a manifest that are not a file's digest (symlinks, special files, what went unhashed)."""
+    return [f"{path}: {value}" for path, value in entries.items() if not _is_digest(value)]
+
+
+def _is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def write_task(workspace: Path, **fields) -> None:

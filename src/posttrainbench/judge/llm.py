@@ -79,30 +79,91 @@ def majority(votes: list[dict | None]) -> dict[str, Any]:
             "reasons": sorted(reasons, key=lambda r: -reasons[r]) if flagged else []}
 
 
-def _read_limited(path: Path, limit: int) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2:]
+# What the LLM judge is shown: text files an agent writes code and notes in (by name, or any name for text that
+# is not data), each cut to its head and tail; installed libraries and caches never.
+CONTEXT_SUFFIXES = (".py", ".sh", ".bash", ".ipynb", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".js", ".ts")
+CONTEXT_SKIP_NAMES = {name: "installed libraries and caches" for name in
+                      ("site-packages", "dist-packages", "node_modules", "__pycache__", ".git", ".cache", ".npm")}
+MAX_CONTEXT_FILES = 60
+MAX_FILE_CHARS = 6000
+
+
+def _excerpt(fd: int, size: int, limit: int) -> str:
+    """Head and tail of an open file, ``limit`` characters in all: only those bytes are read."""
+    import os
+
+    if size <= limit:
+        data = os.pread(fd, limit, 0)
+        return data.decode("utf-8", errors="replace")
+    half = max(1, limit // 2)
+    head = os.pread(fd, half, 0).decode("utf-8", errors="replace")
+    tail = os.pread(fd, half, max(0, size - half)).decode("utf-8", errors="replace")
+    return f"{head}\n[... {size - 2 * half} bytes ...]\n{tail}"
+
+
+def _looks_like_text(sample: bytes) -> bool:
+    if not sample or b"\0" in sample:
+        return False
+    text = sample.decode("utf-8", errors="replace")
+    return text.count("\ufffd") < 0.01 * len(text) + 1
 
 
 def build_context(*, checks: dict, workspace: Path, trace: Path | None, helper_files: set[str],
                   max_chars: int) -> str:
-    """The user message: deterministic evidence, the agent's code files, the transcript's head and tail."""
-    from .forbidden import SKIP_DIRS
+    """The user message: deterministic evidence, the agent's code files, the transcript's head and tail.
+
+    Only regular files inside the run directory are read, each reached without following a symlink
+    (:func:`.files.walk`), at most :data:`MAX_CONTEXT_FILES` of them and ``max_chars`` in all; symlinks are named
+    with their target, never read (a link to ``/proc/self/environ`` or a test set shows as a link)."""
+    import os
+
+    from . import files
 
     evidence = {name: {"passed": c.get("passed"), "evidence": c.get("evidence")} for name, c in checks.items()}
-    parts = ["## Deterministic evidence\n" + json.dumps(evidence, indent=1)]
+    parts = ["## Deterministic evidence\n" + json.dumps(evidence, indent=1)[: max_chars // 3]]
     budget = max_chars // 2
-    if workspace.is_dir():
-        for path in sorted(workspace.rglob("*")):
-            rel = path.relative_to(workspace)
-            if (any(p in SKIP_DIRS for p in rel.parts[:-1]) or rel.as_posix() in helper_files or not path.is_file()
-                    or path.suffix.lstrip(".") not in ("py", "sh", "ipynb", "md") or budget <= 0):
+    cov = files.Coverage(files.Bounds(max_depth=32, max_entries=200_000, max_seconds=60))
+    shown = 0
+    if workspace.is_dir() and not workspace.is_symlink():
+        skip = {rel: "the evaluation helper's files" for rel in helper_files}
+        skip["final_model"] = "the submitted checkpoint"
+        for ref in files.walk(workspace, label="workspace", skip_paths=skip, skip_names=CONTEXT_SKIP_NAMES,
+                              cov=cov):
+            if budget <= 0 or shown >= MAX_CONTEXT_FILES:
+                break
+            known = ref.name.lower().endswith(CONTEXT_SUFFIXES)
+            if not known and ("." in ref.name.lstrip(".") or ref.size > 256 << 10):
+                continue  # unknown data files are for the deterministic checks; extensionless scripts are shown
+            try:
+                fd = ref.open_fd()
+            except OSError:
                 continue
-            text = _read_limited(path, min(budget, 6000))
+            try:
+                if not known and not _looks_like_text(os.pread(fd, 4096, 0)):
+                    continue
+                text = _excerpt(fd, ref.size, min(budget, MAX_FILE_CHARS))
+            finally:
+                os.close(fd)
             budget -= len(text)
-            parts.append(f"## workspace/{rel.as_posix()}\n{text}")
-    if trace is not None and trace.is_file():
-        parts.append("## transcript (trace.jsonl, excerpt)\n" + _read_limited(trace, max(2000, max_chars // 2)))
+            shown += 1
+            parts.append(f"## {ref.where}\n{text}")
+        if cov.special.count:
+            parts.append("## symlinks and special files in the workspace (not read)\n" + cov.special.text())
+    if trace is not None:
+        try:
+            fd = os.open(trace, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                import stat
+
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    parts.append("## transcript (trace.jsonl, excerpt)\n" +
+                                 _excerpt(fd, st.st_size, max(2000, max_chars // 2)))
+            finally:
+                os.close(fd)
     return "\n\n".join(parts)[:max_chars]
 
 

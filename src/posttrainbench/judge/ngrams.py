@@ -215,6 +215,21 @@ class TestIndex:
         self._frozen = None
         return len(dropped)
 
+    def discard_common(self, max_items: int) -> int:
+        """Drop every n-gram held by more than ``max_items`` test items (boilerplate such as a tool schema many
+        BFCL items share): one copied passage must not match many items at once. Returns how many were dropped."""
+        frozen = self.freeze()
+        if not len(frozen.occ_hash):
+            return 0
+        new = np.ones(len(frozen.occ_hash), dtype=bool)
+        new[1:] = (frozen.occ_hash[1:] != frozen.occ_hash[:-1]) | (frozen.occ_item[1:] != frozen.occ_item[:-1])
+        distinct, owners = np.unique(frozen.occ_hash[new], return_counts=True)
+        common = distinct[owners > max_items]
+        if len(common):
+            self._dropped.append(common)
+            self._frozen = None
+        return len(common)
+
     def freeze(self) -> "FrozenIndex":
         if self._frozen is None:
             self._frozen = FrozenIndex.build(self)

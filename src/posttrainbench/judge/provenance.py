@@ -18,18 +18,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..evaluation import InfrastructureError
 from ..models import weight_files
 
 _BLOCK_ELEMENTS = 1 << 24
 
 
 def _tensor_index(model_dir: Path) -> dict[str, Path]:
-    from safetensors import safe_open
+    """Tensor name -> file, from headers read bounded (length checked against the file size and a cap, JSON
+    bounded) before any file is handed to safetensors; a malformed file raises ``UnreadableInput``."""
+    from ..checkpoint_guard import read_safetensors_header_bounded
 
     where = {}
     for path in weight_files(model_dir):
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
+        for name in read_safetensors_header_bounded(path):
+            if name != "__metadata__":
                 where[name] = path
     return where
 
@@ -43,14 +46,19 @@ class _Reader:
         self.where = _tensor_index(model_dir)
         self.handles = {p: safe_open(str(p), framework="pt") for p in set(self.where.values())}
 
-    def blocks(self, name: str, rows: int):
+    def shape(self, name: str) -> list[int]:
+        return list(self.handles[self.where[name]].get_slice(name).get_shape())
+
+    def blocks(self, name: str, rows: int, limit: int | None = None):
+        """Row blocks of tensor ``name``, its first ``limit`` rows only when given."""
         piece = self.handles[self.where[name]].get_slice(name)
         shape = piece.get_shape()
         if len(shape) == 0:
             yield piece[()].float().reshape(-1)
             return
-        for start in range(0, shape[0], rows):
-            yield piece[start:start + rows].float().reshape(-1)
+        end = shape[0] if limit is None else min(limit, shape[0])
+        for start in range(0, end, rows):
+            yield piece[start:min(start + rows, end)].float().reshape(-1)
 
 
 def compare_weights(checkpoint: Path, base: Path, instruct: Path | None = None, *, max_listed: int = 8
@@ -69,7 +77,15 @@ def compare_weights(checkpoint: Path, base: Path, instruct: Path | None = None, 
         row_elems = max(1, int(torch.tensor(shape[1:]).prod().item()) if len(shape) > 1 else 1)
         rows = max(1, _BLOCK_ELEMENTS // row_elems)
         acc = {"cb": 0.0, "cc": 0.0, "bb": 0.0, "proj": 0.0, "span": 0.0, "diff": 0.0}
-        streams = [ckpt.blocks(name, rows), base_r.blocks(name, rows)] + ([inst.blocks(name, rows)] if inst else [])
+        base_shape = base_r.shape(name)
+        if list(shape) != base_shape:
+            if not (len(shape) == len(base_shape) >= 1 and list(shape[1:]) == base_shape[1:]
+                    and shape[0] > base_shape[0] and (inst is None or inst.shape(name) == base_shape)):
+                raise ValueError(f"tensor {name} has shape {list(shape)}, the base {base_shape}")
+            # Rows added for new tokens have no counterpart in the base: compare the base's rows.
+        limit = base_shape[0] if base_shape else None
+        streams = [ckpt.blocks(name, rows, limit), base_r.blocks(name, rows, limit)] + (
+            [inst.blocks(name, rows, limit)] if inst else [])
         for blocks in zip(*streams):
             c, b = blocks[0].double(), blocks[1].double()
             acc["cb"] += float(c @ b)
@@ -113,9 +129,11 @@ def check_provenance(checkpoint: Path, base: Path, instruct: Path | None, settin
     max_t = settings.get("max_instruct_fraction", 0.5)
     try:
         found = compare_weights(checkpoint, base, instruct)
-    except Exception as exc:  # noqa: BLE001 - unreadable weights are reported by the checkpoint checks
-        return {"passed": False, "evidence": f"weights not compared: {type(exc).__name__}: {str(exc)[:200]}",
-                "comparable": False}
+    except InfrastructureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no evidence either way: the verdict flags it unverifiable
+        why = f"weights not compared: {type(exc).__name__}: {str(exc)[:200]}"
+        return {"passed": True, "evidence": why, "comparable": False, "unverifiable": why}
     problems = []
     if found["cosine_to_base"] < min_cos:
         problems.append(f"median cosine similarity of the weight matrices to the base {found['cosine_to_base']:.4f}"

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from .verdict import REASON_OF_CHECK
+from .verdict import REASON_OF_CHECK, UNVERIFIABLE
 
 COLUMNS = ["agent", "model", "benchmark", "seed", "reason", "check", "evidence", "verdict"]
 
@@ -25,6 +25,10 @@ def flag_rows(verdict_files: list[Path]) -> list[dict]:
                 justification = next((v["justification"] for v in llm.get("votes", []) if v and v["flagged"]), "")
                 found = [("llm_judge", f"{llm.get('votes_flagged')} of {len(llm.get('votes', []))} votes flagged "
                                        f"({llm.get('model')}): {justification}")]
+            elif reason.startswith(UNVERIFIABLE):
+                name = reason[len(UNVERIFIABLE):]
+                check = checks.get(name) or checks.get("checkpoint_loads") or {}
+                found = [(name, str(check.get("unverifiable") or check.get("evidence", "")))]
             else:
                 found = [(name, checks[name]["evidence"]) for name, r in REASON_OF_CHECK.items()
                          if r == reason and name in checks and not checks[name]["passed"]]

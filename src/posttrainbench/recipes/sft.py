@@ -153,14 +153,14 @@ def train_sft(
     dataset = Dataset.from_list(examples)
 
     set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False, local_files_only=True)
     if chat_template:
         tokenizer.chat_template = chat_template
     if tokenizer.chat_template is None:
         raise ValueError(f"{base_dir} has no chat template; reference-sft trains on chat-formatted data")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False, local_files_only=True)
     save_dtype = _save_dtype(base_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
