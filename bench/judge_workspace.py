@@ -80,8 +80,12 @@ def build(run_dir: Path, gib: float) -> None:
     wheel = ws / ".cache" / "pip" / "wheels" / "tool-1.0-py3-none-any.whl"
     wheel.parent.mkdir(parents=True)
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        record = []
         for i, src in enumerate(sorted(site.rglob("*.py"))[:3000]):
             archive.write(src, f"tool/m{i}.py")
+            record.append(f"tool/m{i}.py,,")
+        # What pip builds: the package and its metadata, RECORD included.
+        archive.writestr("tool-1.0.dist-info/RECORD", "\n".join(record + ["tool-1.0.dist-info/RECORD,,"]) + "\n")
     (ws / "train.py").write_text("from datasets import load_dataset\nds = load_dataset('gsm8k', 'main')\n")
     (run_dir / "run.json").write_text(json.dumps({"status": "ok", "network": "open"}))
 

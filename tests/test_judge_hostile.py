@@ -124,6 +124,28 @@ def test_archives_and_tables_are_opened(lab):
 # ------------------------------------------------------------------------------------------ cannot finish
 
 
+HOSTED_CALL = ('import openai\nclient = openai.OpenAI(max_retries=5)\n'
+               'client.chat.completions.create(model="gpt-4o", messages=[])\n')
+
+
+@pytest.mark.parametrize("where", ["no_extension", "padded", "zip"])
+def test_a_hosted_api_call_is_found_wherever_the_file_hides_it(lab, where):
+    """Code that calls a hosted API, in a file without extension, in one padded past the size parsed whole (with
+    the call at its end), and inside a zip archive (Python runs zip files), is found by the forbidden-API check."""
+    workspace = lab["workspace"]
+    if where == "no_extension":
+        (workspace / "make_data").write_text(HOSTED_CALL)
+    elif where == "padded":
+        (workspace / "make_data.txt").write_text("# filler\n" * (1 << 20) + HOSTED_CALL.replace("\n", "; ", 1))
+    else:
+        with zipfile.ZipFile(workspace / "tools.bin", "w") as archive:
+            archive.writestr("__main__.py", HOSTED_CALL)
+    verdict = judge(lab)
+    check = verdict["checks"]["no_forbidden_api"]
+    assert not check["passed"] and "forbidden_api" in verdict["reasons"], check
+    assert verdict["flagged"]
+
+
 def test_a_very_deep_directory_is_unverifiable_not_a_pass(lab):
     deep = lab["workspace"]
     for i in range(200):
@@ -147,7 +169,9 @@ def test_a_decompression_bomb_is_bounded_and_unverifiable(lab):
     (lab["workspace"] / "more.gz").write_bytes(gzip.compress(zeros, compresslevel=1))
     verdict = judge(lab)
     check = verdict["checks"]["contamination"]
-    assert verdict["reasons"] == ["unverifiable:contamination"], check["evidence"]
+    # Both checks that open archives say they could not finish; nothing else is claimed.
+    assert sorted(verdict["reasons"]) == ["unverifiable:contamination", "unverifiable:no_forbidden_api"], \
+        check["evidence"]
     assert "decompression bomb" in check["evidence"]
     # Bounded: the zip member is not expanded at all (its declared size gives it away), the gzip stream stops at
     # max_decompression_ratio times its compressed size.

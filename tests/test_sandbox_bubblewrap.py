@@ -491,3 +491,41 @@ def test_sigterm_reaches_the_agent_and_its_grace_period_is_honoured(tmp_path: Pa
     assert actions == ["SIGTERM"]  # it stopped within the grace period: no SIGKILL needed
     assert record["status"] == "timeout" and (run_dir / "final_model" / "model.safetensors").is_file()
     assert record["wall_seconds"] < 10
+
+
+@pytest.mark.parametrize("network", ["none", "proxy", "open"])
+def test_a_sandbox_that_does_not_start_fails_the_job_not_the_agent(tmp_path: Path, network: str):
+    """An input that cannot be mounted stops bwrap before the agent exists: an infrastructure fault, raised
+    (Snakemake fails and retries the job), never recorded as the agent's error."""
+    from posttrainbench.agents import sandbox as sandbox_module
+    from posttrainbench.agents.sandbox import SandboxError, SandboxSpec, TraceWriter, get_sandbox
+
+    if network == "open" and shutil.which("slirp4netns") is None:
+        pytest.skip("slirp4netns is not installed (envs/debian-packages.txt)")
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    box = get_sandbox("bubblewrap")
+    spec = SandboxSpec(workspace=workspace, network=network, private_dir=tmp_path / "private")
+    # A mount bwrap must make but cannot: its source vanishes between the launch being built and bwrap starting.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    gone.chmod(0o755)
+    spec.mapped["/ptb/gone"] = gone
+    original = sandbox_module.BubblewrapSandbox._argv
+
+    def argv_then_remove(self, *args, **kwargs):
+        built = original(self, *args, **kwargs)
+        shutil.rmtree(gone)
+        return built
+
+    trace = TraceWriter(tmp_path / "trace.jsonl")
+    sandbox_module.BubblewrapSandbox._argv = argv_then_remove
+    try:
+        with pytest.raises(SandboxError, match="did not start"):
+            box.run([sys.executable, "-c", "print('agent ran')"], workspace=workspace, env={"PATH": "/usr/bin"},
+                    timeout_seconds=60, grace_seconds=1, trace=trace, spec=spec)
+    finally:
+        sandbox_module.BubblewrapSandbox._argv = original
+        trace.close()
+    events = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["type"] == "stdout"], events

@@ -503,7 +503,7 @@ class BubblewrapSandbox(Sandbox):
         unless started by :meth:`run`, which connects it to the outside through slirp4netns."""
         return self._argv(command, spec, env, network_fds=None)
 
-    def _argv(self, command, spec, env, network_fds: tuple[int, int] | None):
+    def _argv(self, command, spec, env, network_fds: tuple[int, int] | None, info_fd: int | None = None):
         command = self._network_command(command, spec, env)
         as_root = os.geteuid() == 0
         host_uid, host_gid = (ROOT_MAPS_TO, ROOT_MAPS_TO) if as_root else (os.getuid(), os.getgid())
@@ -524,6 +524,8 @@ class BubblewrapSandbox(Sandbox):
         if network_fds is not None:
             info_fd, block_fd = network_fds
             argv += ["--info-fd", str(info_fd), "--block-fd", str(block_fd)]
+        elif info_fd is not None:
+            argv += ["--info-fd", str(info_fd)]
         for path in SYSTEM_DIRS + tuple(f"/etc/{name}" for name in ETC_ENTRIES):
             argv += ["--ro-bind-try", path, path]
         # Memory-backed scratch, each with a size limit (--size applies to the next --tmpfs).
@@ -550,8 +552,12 @@ class BubblewrapSandbox(Sandbox):
 
     def _launch(self, command, spec, env):
         if spec.network != "open":
-            argv, host_env = self._argv(command, spec, env, network_fds=None)
-            return Launch(argv, host_env)
+            # bwrap reports the sandbox's PID once it is set up: without that report the sandbox never
+            # started, an infrastructure fault rather than the agent's outcome.
+            info_r, info_w = os.pipe()
+            argv, host_env = self._argv(command, spec, env, network_fds=None, info_fd=info_w)
+            return Launch(argv, host_env, pass_fds=(info_w,), started=lambda proc: _sandbox_pid(info_r, proc),
+                          cleanups=[lambda: _close_quietly(info_r)])
         slirp = shutil.which("slirp4netns")
         if slirp is None:
             raise SandboxError("network 'open' with backend 'bubblewrap' needs slirp4netns (envs/debian-packages.txt, "
@@ -605,14 +611,7 @@ class _SlirpNetwork:
         self.log = tempfile.TemporaryFile()
 
     def connect(self, sandbox: subprocess.Popen) -> None:
-        info = b""
-        while chunk := _read_within(self.info_r, 30):
-            info += chunk
-        try:
-            pid = int(json.loads(info)["child-pid"])
-        except (ValueError, KeyError, TypeError):
-            raise SandboxError(f"the bubblewrap sandbox did not start (exit code {sandbox.poll()}); "
-                               "its error is in the trace's stderr") from None
+        pid = _sandbox_pid(self.info_r, sandbox, 30)
         self._wait_for_loopback(sandbox, pid)
         ready_r, ready_w = os.pipe()
         argv = [self.executable, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
@@ -667,6 +666,25 @@ class _SlirpNetwork:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def _sandbox_pid(info_r: int, sandbox: subprocess.Popen, seconds: float = 60) -> int:
+    """The PID bwrap reports on ``--info-fd`` once its sandbox is set up; SandboxError if it never does."""
+    info = b""
+    while chunk := _read_within(info_r, seconds):
+        info += chunk
+    try:
+        return int(json.loads(info)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise SandboxError(f"the bubblewrap sandbox did not start (exit code {sandbox.poll()}); "
+                           "its error is in the trace's stderr") from None
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _read_within(fd: int, seconds: float) -> bytes:

@@ -39,6 +39,9 @@ from ..agents.fswalk import Walk, open_regular, read_chunks
 from . import files
 
 MAX_CODE_FILE_BYTES = 4 << 20
+# Archives up to this size are opened and their text lines scanned (larger ones are listed in the evidence).
+MAX_ARCHIVE_BYTES = 64 << 20
+NOT_CODE_CONTENT = ("weights", "npy", "parquet", "arrow", "arrow-stream")
 MAX_FILES = 20000
 PYTHON_EXTENSIONS = ("py", "pyw", "pyi")
 SHELL_EXTENSIONS = ("sh", "bash", "zsh", "ksh")
@@ -648,15 +651,12 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
     if not workspace.is_dir():
         return [], notes
     npm: set[str] = set()
+    wheels = 0
     for entry in walk.iter(workspace):
         parts = entry.relative.split("/")
         if not stat.S_ISREG(entry.st.st_mode) or any(p in _NEVER_SCANNED for p in parts[:-1]):
             continue
         if entry.relative in skip or entry.relative == "TASK.md" or is_cli_transcript(entry.relative):
-            continue
-        if entry.st.st_size > MAX_CODE_FILE_BYTES:
-            if _kind_of_file(entry.name, b"") not in (None, "guess"):
-                notes.append(f"{entry.relative} not scanned: larger than {MAX_CODE_FILE_BYTES >> 20} MiB")
             continue
         try:
             fd = open_regular(entry)
@@ -665,9 +665,31 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
             cov.unread(f"workspace/{entry.relative}", f"unreadable ({exc})")
             continue
         try:
-            data = b"".join(read_chunks(fd, MAX_CODE_FILE_BYTES))
+            if entry.st.st_size > MAX_CODE_FILE_BYTES:
+                head = os.pread(fd, 4096, 0)
+                data = b""
+            else:
+                data = b"".join(read_chunks(fd, MAX_CODE_FILE_BYTES))
+                head = data[:4096]
         finally:
             os.close(fd)
+        content = files.sniff(head, entry.st.st_size)
+        if content in NOT_CODE_CONTENT:
+            continue
+        if content != "text":  # an archive (Python runs zip files; code may be unpacked at run time)
+            if content == "zip" and _is_wheel(workspace, entry.relative):
+                wheels += 1  # a built library, like the installed ones verified against their records
+            elif entry.st.st_size <= MAX_ARCHIVE_BYTES:
+                candidates.append((entry.relative, "stream", ""))
+            else:
+                notes.append(f"{entry.relative}: {content} archive larger than {MAX_ARCHIVE_BYTES >> 20} MiB, not opened")
+            continue
+        if entry.st.st_size > MAX_CODE_FILE_BYTES:
+            # Too large to parse whole: every line is scanned (padding hides nothing). Data files and binaries
+            # (NUL bytes up front: a library, an image) are no source code, as for small files.
+            if _kind_of_file(entry.name, head) is not None:
+                candidates.append((entry.relative, "stream", ""))
+            continue
         if entry.name == ".package-lock.json" and parts[-2:-1] == ["node_modules"]:
             npm |= _npm_installed(entry.relative, data.decode("utf-8", errors="replace"))
             continue
@@ -677,6 +699,8 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
         if len(candidates) >= MAX_FILES:
             notes.append(f"more than {MAX_FILES} code files: the rest not scanned")
             break
+    if wheels:
+        notes.append(f"{wheels} wheel archive(s) (a *.dist-info/RECORD inside) not opened: built libraries")
     notes += [f"{where}: {why}" for where, why in walk.problems]
     for where, why in walk.problems:
         cov.unread(f"workspace/{where}", why)
@@ -690,6 +714,46 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
     if installed_rel:
         notes.append(f"{len(installed_rel)} installed library file(s) verified against their RECORD, skipped")
     return [c for c in candidates if c[0] not in installed_rel], notes
+
+
+def _is_wheel(workspace: Path, relative: str) -> bool:
+    """A zip archive whose members include a ``*.dist-info/RECORD``: a built Python package (pip's caches)."""
+    import zipfile
+
+    ref = files.regular_file(workspace, relative, "workspace")
+    if ref is None:
+        return False
+    fd = ref.open_fd()
+    try:
+        with os.fdopen(os.dup(fd), "rb") as handle, zipfile.ZipFile(handle) as archive:
+            names = archive.namelist()
+    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile):
+        return False
+    finally:
+        os.close(fd)
+    return any(n.count("/") == 1 and n.endswith(".dist-info/RECORD") for n in names[:100_000])
+
+
+def _line_batches(workspace: Path, relative: str) -> Iterator[str]:
+    """The text lines of a large or archived file (archive members, sparse holes and NUL padding handled by
+    :mod:`.files`), in batches of about ``MAX_CODE_FILE_BYTES``; what cannot be read is recorded there."""
+    ref = files.regular_file(workspace, relative, "workspace")
+    if ref is None:
+        files.active().unread(f"workspace/{relative}", "no longer a regular file")
+        return
+    batch: list[str] = []
+    size = 0
+    for _, line in files.text_lines(ref):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "//")):
+            continue  # filler: what is left of a padded script is parsed whole
+        batch.append(line)
+        size += len(line)
+        if size >= MAX_CODE_FILE_BYTES:
+            yield "\n".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch)
 
 
 def _notebook_code(text: str) -> tuple[str, str]:
@@ -750,6 +814,16 @@ def check_forbidden(*, run: dict, workspace: Path, trace: Path | None, helper_fi
 
     for rel, kind, text in files:
         label = f"workspace/{rel}"
+        if kind == "stream":
+            for batch in _line_batches(workspace, rel):
+                try:
+                    parsed = _looks_like_code(ast.parse(batch))
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    parsed = False
+                if parsed:
+                    python_findings(batch, label, policy, env, findings)
+                text_findings(batch, label, policy, findings, js=not parsed)
+            continue
         if kind == "python" or kind == "guess":
             parsed = False
             try:
