@@ -146,6 +146,19 @@ def test_a_hosted_api_call_is_found_wherever_the_file_hides_it(lab, where):
     assert verdict["flagged"]
 
 
+def test_a_hosted_api_call_deep_in_a_long_transcript_is_found(lab):
+    """The transcript is read to its end: 300 MiB of output before the call hide nothing."""
+    trace = lab["run_dir"] / "trace.jsonl"
+    with open(trace, "wb") as handle:
+        handle.truncate(300 << 20)  # a hole: cheap to write, read as 300 MiB of NUL bytes
+        handle.seek(300 << 20)
+        event = {"type": "stdout", "text": "$ curl -s https://api.openai.com/v1/chat/completions -d @req.json"}
+        handle.write(b"\n" + json.dumps(event).encode() + b"\n")
+    verdict = judge(lab)
+    check = verdict["checks"]["no_forbidden_api"]
+    assert not check["passed"] and "api.openai.com" in check["evidence"], check
+
+
 def test_a_very_deep_directory_is_unverifiable_not_a_pass(lab):
     deep = lab["workspace"]
     for i in range(200):

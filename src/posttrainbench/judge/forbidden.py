@@ -42,6 +42,8 @@ MAX_CODE_FILE_BYTES = 4 << 20
 # Archives up to this size are opened and their text lines scanned (larger ones are listed in the evidence).
 MAX_ARCHIVE_BYTES = 64 << 20
 NOT_CODE_CONTENT = ("weights", "npy", "parquet", "arrow", "arrow-stream")
+MAX_TRACE_LINE_BYTES = 1 << 20
+_ENV_HINT = re.compile(r"BASE_URL|API_BASE|ENDPOINT|API_URL")
 MAX_FILES = 20000
 PYTHON_EXTENSIONS = ("py", "pyw", "pyi")
 SHELL_EXTENSIONS = ("sh", "bash", "zsh", "ksh")
@@ -734,6 +736,15 @@ def _is_wheel(workspace: Path, relative: str) -> bool:
     return any(n.count("/") == 1 and n.endswith(".dist-info/RECORD") for n in names[:100_000])
 
 
+def _trace_lines(trace: Path | None) -> Iterator[tuple[int, str]]:
+    """``(number, line)`` of the whole transcript, streamed; a line longer than the trace writer keeps is cut."""
+    if trace is None or trace.is_symlink() or not trace.is_file():
+        return
+    with open(trace, "rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_TRACE_LINE_BYTES), b""), 1):
+            yield number, raw.decode("utf-8", errors="replace").rstrip("\n")
+
+
 def _line_batches(workspace: Path, relative: str) -> Iterator[str]:
     """The text lines of a large or archived file (archive members, sparse holes and NUL padding handled by
     :mod:`.files`), in batches of about ``MAX_CODE_FILE_BYTES``; what cannot be read is recorded there."""
@@ -799,18 +810,23 @@ def check_forbidden(*, run: dict, workspace: Path, trace: Path | None, helper_fi
     from .contamination import pristine_helper_files
 
     files, notes = code_files(workspace, pristine_helper_files(workspace, run.get("harness_manifest"), helper_files))
-    trace_text = ""
-    if trace is not None and trace.is_file() and not trace.is_symlink():
-        with open(trace, "rb") as handle:
-            trace_text = handle.read(256 << 20).decode("utf-8", errors="replace")
     # Endpoint variables set anywhere (shell scripts, .env files, notebooks, the transcript's commands).
     env: dict[str, list[str]] = {}
     for rel, kind, text in files:
         if kind in ("shell", "env", "notebook", "guess"):
             for key, values in env_settings(text).items():
                 env.setdefault(key, []).extend(values)
-    for key, values in env_settings(trace_text.replace('\\"', '"')).items():
-        env.setdefault(key, []).extend(values)
+    # The whole transcript, streamed: its endpoint settings, and the lines that run an HTTP client.
+    for number, line in _trace_lines(trace):
+        if _ENV_HINT.search(line):
+            for key, values in env_settings(line.replace('\\"', '"')).items():
+                env.setdefault(key, []).extend(values)
+        if "." in line and _HTTP_CLIENT.search(line):
+            for piece in re.split(r"\\n|\n", line):
+                host = policy.hosted_in(piece)
+                if host and _HTTP_CLIENT.search(piece):
+                    findings.add(f"{trace.name}:{number}", "hosted API host requested in transcript", piece, host=host)
+                    break
 
     for rel, kind, text in files:
         label = f"workspace/{rel}"
@@ -852,14 +868,6 @@ def check_forbidden(*, run: dict, workspace: Path, trace: Path | None, helper_fi
             for name, regex in extra:
                 if regex.search(line):
                     findings.add(f"{label}:{number}", name, line)
-    for number, line in enumerate(trace_text.splitlines(), 1):
-        if "." in line and _HTTP_CLIENT.search(line):
-            for piece in re.split(r"\\n|\n", line):
-                host = policy.hosted_in(piece)
-                if host and _HTTP_CLIENT.search(piece):
-                    findings.add(f"{trace.name}:{number}", "hosted API host requested in transcript", piece,
-                                 host=host)
-                    break
 
     network = run.get("network")
     egress_note = (f"{len(egress)} host(s) in the egress log" if egress is not None
