@@ -284,3 +284,68 @@ def test_settings_follow_the_sandbox_config():
     assert CodeExecutionSettings.from_config({"backend": "bubblewrap"}, {"backend": "none"}).backend == "bubblewrap"
     with pytest.raises(CodeSandboxError, match="unknown key"):
         CodeExecutionSettings.from_config({"memroy_mb": 1}, {})
+
+
+def test_an_exception_that_ends_iteration_fails_the_program(sandbox):
+    """StopIteration raised by the program inside the test's map() would end the test's loop early, not fail it."""
+    test = "for value in map(untrusted_function('f'), [1, 2]):\n    assert value == 0\n"
+    programs = {
+        "stop": Program("def f(x):\n    raise StopIteration\n", test),
+        "stop_async": Program("def f(x):\n    raise StopAsyncIteration\n", test),
+        "value_error": Program("def f(x):\n    raise ValueError('x')\n",
+                               "try:\n    untrusted_function('f')(1)\nexcept ValueError:\n    pass\n"),
+        "honest": Program("def f(x):\n    return 0\n", test),
+    }
+    results = _run(sandbox, programs)
+    assert not results["stop"].passed and "StopIteration" in results["stop"].detail
+    assert not results["stop_async"].passed
+    assert results["value_error"].passed, results["value_error"].detail  # a builtin exception a test expects
+    assert results["honest"].passed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("benchmark", ["humaneval", "gsm8k"])
+def test_evaluation_helper_scores_inside_a_sandboxed_agent(tmp_path, tiny_model_dir, benchmark):
+    """The copy of the harness in the agent's workspace runs for real inside the agent's bubblewrap sandbox
+    (HumanEval programs under the agent's own confinement), on the base model and on a checkpoint that adds a
+    pad token."""
+    from posttrainbench.agents.runner import run_cell
+    from posttrainbench.cells import Cell
+
+    bench = tmp_path / "bench"
+    bm.stage_benchmark(benchmark, bench)
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, shutil, subprocess, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(os.environ["PTB_BASE_MODEL"])
+        model = AutoModelForCausalLM.from_pretrained(os.environ["PTB_BASE_MODEL"])
+        tok.add_special_tokens({"pad_token": "<|pad|>"})
+        model.resize_token_embeddings(len(tok))
+        model.save_pretrained("final_model")
+        tok.save_pretrained("final_model")
+        for model in (os.environ["PTB_BASE_MODEL"], "final_model"):
+            subprocess.run([sys.executable, "evaluation/evaluate.py", "--model", model, "--limit", "2"], check=True)
+    """))
+    spec = {"type": "command", "command": [sys.executable, "agent.py"], "files": [str(script)]}
+    config = {"evaluation": {"device": "cpu", "dtype": "float32", "batch_size": 2,
+                             "per_benchmark": {benchmark: {"max_gen_toks": 8}}}}
+    run_dir = tmp_path / "run"
+    record = run_cell(Cell("helper", "tiny", benchmark, 1), spec, run_dir=run_dir, base_dir=tiny_model_dir,
+                      instruct_dir=None, train_data=None, budget={"hours": 0.1, "gpus": 0, "grace_seconds": 1},
+                      threads=2, config=config, benchmark_dir=bench,
+                      sandbox_config={"backend": "bubblewrap", "network": "none",
+                                      "eval_helper": {"enabled": True, "limit": 3}})
+    trace = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    assert record["exit_code"] == 0, json.dumps(trace[-20:])[-3000:]
+    stdout = "\n".join(e["text"] for e in trace if e["type"] == "stdout")
+    results, rest = [], stdout
+    while "{\n" in rest:  # the helper prints one indented JSON object per run
+        start = rest.index("{\n")
+        end = rest.index("\n}", start) + 2
+        results.append(json.loads(rest[start:end]))
+        rest = rest[end:]
+    assert len(results) == 2
+    for result in results:
+        assert result["n"] == 2 and 0 <= result["score"] <= 1
+    assert results[1]["tokenizer"]["added_tokens"] == [{"id": 512, "content": "<|pad|>"}]

@@ -166,6 +166,8 @@ def test_honest_pad_token_evaluates_with_the_base_tokenizer_plus_it(tmp_path, ti
     ("the", False, "added token 'the' (id 512): not special"),
     ("the", True, "added tokens change how base tokens encode or decode: ' the'"),
     ("<a b>", True, "content holds whitespace"),
+    # A marker of the forced chat template's turns, not of the base vocabulary
+    ("<|im_start|>assistant", True, "added tokens change how base tokens encode or decode: 'def add(a, b)"),
 ])
 def test_added_token_that_changes_encoding_is_a_failed_cell(tmp_path, tiny_model_dir, gsm8k_bench, content,
                                                             special, reason):
@@ -174,6 +176,34 @@ def test_added_token_that_changes_encoding_is_a_failed_cell(tmp_path, tiny_model
     assert record["status"] == "failed"
     assert record["error"].startswith("checkpoint rejected: tokenizer differs from the base model's")
     assert reason in record["error"]
+
+
+def test_added_special_token_that_occurs_in_the_test_items_is_a_failed_cell(tmp_path, tiny_model_dir, gsm8k_bench):
+    """A special token matches before anything else is encoded: one whose text is in a question ("Janet", not a
+    token of the base vocabulary) would turn part of the question into a token only the checkpoint has."""
+    ckpt = _with_added_token(tiny_model_dir, tmp_path / "final_model", "Janet", special=True)
+    record = _evaluate(tmp_path, ckpt, tiny_model_dir, gsm8k_bench)
+    assert record["status"] == "failed"
+    assert record["error"] == ("checkpoint rejected: added token(s) 'Janet' (id 512) occur in the test items and "
+                               "would change how they encode")
+
+
+def test_config_keys_that_load_another_model_are_dropped(tmp_path, tiny_model_dir):
+    """vLLM serves a speculators checkpoint's verifier (model and tokenizer) instead of the folder it is given;
+    ``_name_or_path`` (transformers writes it) is where the agent loaded from. Neither reaches the view."""
+    from posttrainbench.checkpoint_guard import prepare_view
+
+    ckpt = _copy(tiny_model_dir, tmp_path)
+    _edit_json(ckpt / "config.json", lambda d: d.update(
+        _name_or_path="Qwen/Qwen3-1.7B",
+        speculators_config={"algorithm": "eagle3", "proposal_methods": [{"proposal_type": "greedy"}],
+                            "verifier": {"name_or_path": str(tmp_path / "other-cell" / "final_model"),
+                                         "architectures": ["Qwen3ForCausalLM"]}}))
+    view = prepare_view(ckpt, tiny_model_dir, tmp_path / "view")
+    config = json.loads((view.model_dir / "config.json").read_text())
+    assert "speculators_config" not in config and "_name_or_path" not in config
+    assert {"speculators_config", "_name_or_path"} <= set(view.record["ignored_config_keys"])
+    assert validate_checkpoint(ckpt, tiny_model_dir)["checkpoint_loads"]["passed"]
 
 
 def test_added_token_beyond_the_embedding_is_a_failed_cell(tmp_path, tiny_model_dir, gsm8k_bench):
@@ -295,6 +325,11 @@ def _index_escapes(ckpt: Path) -> None:
         {"weight_map": {"model.norm.weight": "../other-cell/model.safetensors"}}))
 
 
+def _config_names_a_path(ckpt: Path) -> None:
+    _edit_json(ckpt / "config.json", lambda d: d.update(
+        quantization_config={"quant_method": "fp8", "modules": ["../../other-cell/final_model"]}))
+
+
 def _tokenizer_deep(ckpt: Path) -> None:
     (ckpt / "tokenizer.json").write_text("[" * 100_000)
 
@@ -313,6 +348,7 @@ def _tokenizer_not_a_tokenizer(ckpt: Path) -> None:
     (_header_lies, "tensor 'w' holds 4 bytes, its dtype and shape need 4000"),
     (_extra_garbage, "unreadable weights: optimizer.safetensors"),
     (_index_escapes, "names '../other-cell/model.safetensors', not a safetensors file of the checkpoint"),
+    (_config_names_a_path, "quantization_config.modules[0] names a path ('../../other-cell/final_model')"),
     (_tokenizer_deep, "tokenizer.json unreadable (tokenizer.json: nested"),
     (_tokenizer_not_a_tokenizer, "tokenizer.json unreadable (tokenizer.json: not a tokenizer"),
 ])

@@ -122,6 +122,113 @@ def test_confined_process_writes_only_its_outputs(tmp_path: Path, monkeypatch):
     assert not (tmp_path / "staging").exists() or not any((tmp_path / "staging").iterdir())
 
 
+@pytest.fixture
+def host_runtime_socket():
+    """A listening Unix socket under the host's /run, as a container engine or init would keep (None when
+    /run is not writable here)."""
+    import socket
+
+    path = Path("/run") / f"ptb-test-{os.getpid()}.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(path))
+    except OSError:
+        server.close()
+        yield None
+        return
+    server.listen(1)
+    try:
+        yield path
+    finally:
+        server.close()
+        path.unlink(missing_ok=True)
+
+
+@needs_bwrap
+def test_a_confined_job_cannot_undo_its_confinement(tmp_path: Path, host_runtime_socket):
+    """Code in a job tries what a root job with capabilities could: remount the host tree writable, rename
+    the host, open the host's disks, talk to a root socket under /run. None of it gets out."""
+    out = tmp_path / "out" / "seed1.json"
+    import tempfile
+
+    victim_dir = Path(tempfile.mkdtemp(prefix="ptb-confine-victim-", dir="/var/tmp"))  # not under the private /tmp
+    victim = victim_dir / "victim.txt"
+    victim.write_text("intact")
+    hostname = Path("/proc/sys/kernel/hostname").read_text()
+    hostile = textwrap.dedent(f"""
+        import json, os, socket, subprocess
+        tried = {{"uid": os.getuid(), "caps": open("/proc/self/status").read().split("CapEff:")[1].split()[0]}}
+        tried["remount"] = subprocess.run(["mount", "-o", "remount,rw,bind", "/"], capture_output=True).returncode
+        for name, path in {{"victim": {str(victim)!r}, "hostname": "/proc/sys/kernel/hostname"}}.items():
+            try:
+                with open(path, "w") as handle:
+                    handle.write("pwned")
+            except OSError as exc:
+                tried[name] = type(exc).__name__
+        tried["dev"] = sorted(os.listdir("/dev"))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect({str(host_runtime_socket or "/run/none.sock")!r})
+            tried["socket"] = "connected"
+        except OSError as exc:
+            tried["socket"] = type(exc).__name__
+        tried["resolver"] = os.path.exists("/etc/resolv.conf") == {os.path.exists("/etc/resolv.conf")!r}
+        with open({str(out)!r}, "w") as handle:
+            json.dump(tried, handle)
+    """)
+    confinement = Confinement(outputs=[out], staging_root=tmp_path / "staging")
+    try:
+        assert confinement.run([sys.executable, "-c", hostile], clean_environment()) == 0
+        confinement.publish()
+    finally:
+        confinement.cleanup()
+        intact = victim.read_text()
+        shutil.rmtree(victim_dir)
+    tried = json.loads(out.read_text())
+    assert tried["caps"] == "0000000000000000" and tried["uid"] != 0 and tried["remount"] != 0
+    assert tried["victim"] == "OSError" and intact == "intact"
+    assert Path("/proc/sys/kernel/hostname").read_text() == hostname  # at most its own UTS namespace
+    assert not {d for d in tried["dev"] if d.startswith(("sd", "vd", "nvme", "mem", "kmsg", "loop"))}, tried["dev"]
+    assert tried["socket"] != "connected" and tried["resolver"]
+
+
+@needs_bwrap
+def test_a_killed_job_leaves_no_scratch_behind_for_long(tmp_path: Path):
+    """A job killed outright (a cluster's time limit) cannot clean up; the next job on the host removes its
+    scratch (its caches, its unpublished outputs), and leaves live jobs' and other hosts' alone."""
+    import signal
+    import socket
+    import time
+
+    staging = tmp_path / "staging"
+    job = textwrap.dedent(f"""
+        import sys
+        from posttrainbench.confine import Confinement, clean_environment
+        confinement = Confinement(outputs=[{str(tmp_path / 'out' / 'seed1.json')!r}], staging_root={str(staging)!r})
+        confinement.run(["sh", "-c", "echo partial > {tmp_path / 'out' / 'seed1.json'}; echo cache > /tmp/cache; sleep 60"],
+                        clean_environment())
+    """)
+    killed = subprocess.Popen([sys.executable, "-c", job])
+    deadline = time.monotonic() + 30
+    while not list(staging.glob("job-*/out0/seed1.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (abandoned,) = staging.glob("job-*")
+    elsewhere = staging / "job-other-host"
+    elsewhere.mkdir()
+    (elsewhere / "owner").write_text(f"not-{socket.gethostname()} {killed.pid} 1")
+    live = Confinement(outputs=[tmp_path / "out" / "seed1.json"], staging_root=staging)
+    try:
+        assert not abandoned.exists() and elsewhere.exists()
+        again = Confinement(outputs=[tmp_path / "out" / "seed1.json"], staging_root=staging)
+        assert live.workdir.exists()  # a live job's scratch stays
+        again.cleanup()
+    finally:
+        live.cleanup()
+    assert not (tmp_path / "out" / "seed1.json").exists()  # nothing of the killed job was published
+
+
 @needs_bwrap
 def test_a_sandbox_nested_in_a_confined_job_still_runs(tmp_path: Path):
     """The code sandbox of an evaluate job (user namespace, no network, no /proc mount of its own)."""

@@ -75,25 +75,32 @@ def test_discarding_allowed_data_removes_only_shared_ngrams():
     assert ngrams.scan_buffer(b"the cat sat on the rug\n", index.freeze()).matched == {}
 
 
-def test_file_readers_yield_every_string_with_its_line(tmp_path):
+def test_file_readers_yield_every_record_as_one_text_with_its_line(tmp_path):
+    """A record's strings (a JSON Lines line, a CSV row, a table row) are one document, so an item split across
+    fields keeps its n-grams; short paragraphs of plain text are merged with the next."""
     import pyarrow as pa
     import pyarrow.ipc
     import pyarrow.parquet as pq
 
-    (tmp_path / "a.jsonl").write_text('{"m": [{"content": "hello there"}]}\nnot json at all\n')
-    assert list(file_documents(tmp_path / "a.jsonl")) == [("hello there", 1), ("not json at all", 2)]
+    (tmp_path / "a.jsonl").write_text('{"m": [{"content": "hello there"}, {"content": "again"}]}\nnot json at all\n')
+    assert list(file_documents(tmp_path / "a.jsonl")) == [("hello there again", 1), ("not json at all", 2)]
     (tmp_path / "b.csv").write_text('q,a\n"multi\nline",2\n')
-    assert ("multi\nline", 3) in list(file_documents(tmp_path / "b.csv"))
+    assert list(file_documents(tmp_path / "b.csv")) == [("q a", 1), ("multi\nline 2", 3)]
     pq.write_table(pa.Table.from_pylist([{"x": "one", "y": {"z": ["two"]}}]), tmp_path / "c.parquet")
-    assert list(file_documents(tmp_path / "c.parquet")) == [("one", 1), ("two", 1)]
+    assert list(file_documents(tmp_path / "c.parquet")) == [("one two", 1)]
     # The datasets cache writes Arrow in the streaming format.
     table = pa.Table.from_pylist([{"q": "first"}, {"q": "second"}])
     with pa.OSFile(str(tmp_path / "cache-0001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     assert list(file_documents(tmp_path / "cache-0001.arrow")) == [("first", 1), ("second", 2)]
+    (tmp_path / "e.json").write_text(json.dumps([{"a": "x", "b": ["y", "z"]}, {"a": "w"}]))
+    assert list(file_documents(tmp_path / "e.json")) == [("x y z", "record 1"), ("w", "record 2")]
     (tmp_path / "d.py").write_text('X = "def f(a):\\n    return a"\n\nY = 1\n')
     docs = list(file_documents(tmp_path / "d.py"))
-    assert docs[0][1] == 1 and "\n    return a" in docs[0][0] and docs[1] == ("Y = 1\n", 3)
+    assert len(docs) == 1 and docs[0][1] == 1 and "\n    return a" in docs[0][0] and docs[0][0].endswith("Y = 1\n")
+    long = "word " * 500
+    (tmp_path / "f.txt").write_text(f"{long}\n\n{long}\n")
+    assert [where for _, where in file_documents(tmp_path / "f.txt")] == [1, 3]
 
 
 def test_every_encoding_of_a_text_is_decoded_and_named():

@@ -192,3 +192,20 @@ def test_cli_survives_malformed_verdicts_in_the_flags_report(tree: Path):
     assert (tree / "flags.csv").read_text().startswith("agent,model,benchmark,seed,reason")
     rows = {line.split(",")[0]: line for line in out.read_text().splitlines()[1:]}
     assert rows["attacker"].split(",")[1] == rows["base"].split(",")[1]
+
+
+def test_a_second_spelling_of_a_seed_never_names_a_cell_twice(tree: Path, caplog):
+    """``seed01.json`` next to ``seed1.json`` (a verdict or eval that would duplicate the cell, one copy clean) is
+    ignored with a warning: each cell has one eval and one verdict."""
+    _two_agents(tree)
+    for model in ("m1", "m2"):
+        for bench in ("gsm8k", "humaneval"):
+            write(tree, "judge", "attacker", model, bench, 1, flagged=True, reasons=["contamination"])
+            (tree / "judge" / "attacker" / model / bench / "seed01.json").write_text(
+                json.dumps({"flagged": False, "reasons": []}))
+            (tree / "evals" / "attacker" / model / bench / "seed01.json").write_text(
+                json.dumps({"status": "ok", "score": 1.0}))
+    board, cells, _ = board_of(tree, {"gsm8k": 1.0, "humaneval": 1.0})
+    assert board["attacker"]["n_cells"] == 4 and board["attacker"]["n_flagged"] == 4
+    assert board["attacker"]["score"] == pytest.approx(board["base"]["score"])
+    assert "seed01.json: not laid out" in caplog.text

@@ -214,6 +214,29 @@ def test_a_200_mb_line_is_truncated_and_memory_stays_flat(tmp_path: Path):
     assert (run_dir / "trace.jsonl").stat().st_size < 2**20
 
 
+@needs_bwrap
+def test_the_trace_is_bounded_by_what_it_takes_not_by_line_lengths(tmp_path: Path, monkeypatch):
+    """Empty lines cost nothing by length and control characters grow sixfold when escaped: the output budget
+    is charged with what each record takes in the trace, so neither floods the disk outside the workspace."""
+    from posttrainbench.agents import sandbox
+
+    monkeypatch.setattr(sandbox, "TRACE_OUTPUT_LIMIT", 1 << 20)
+    body = """
+        import os
+        for _ in range(8):
+            os.write(1, b"\\n" * 65536)  # half a million empty lines: 30 MB of trace records
+        for _ in range(16):
+            os.write(2, b"\\x01" * 60000 + b"\\n")  # 360 kB of trace each once escaped
+        os.write(1, b"done\\n")
+    """
+    record, run_dir = run_agent(tmp_path, body)
+    assert record["exit_code"] == 0 and not record["timed_out"]  # never blocked: the pipes were drained
+    assert (run_dir / "trace.jsonl").stat().st_size < (1 << 20) + 64 * 1024
+    assert record["output_dropped"]["lines"] > 400_000
+    events = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events].count("output_limit") == 1 and events[-1]["type"] == "exit"
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -42,7 +43,7 @@ def tmp_path():
     host's /tmp would be hidden anyway and prove nothing about hiding the pipeline's files."""
     path = Path(tempfile.mkdtemp(prefix="ptb-sandbox-test-", dir="/var/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["rm", "-rf", str(path)], check=False)  # copes with trees deeper than Python's recursion
 
 
 def trace_events(run_dir: Path) -> list[dict]:
@@ -194,12 +195,13 @@ def test_redteam_agent_gets_nothing_and_every_attempt_is_traced(tmp_path: Path, 
         "abstract": [abstract_socket],
         "import": ["posttrainbench.evaluation", "posttrainbench.benchmarks"],
         "identity": True,
+        "oom": True,
         "token": uuid.uuid4().hex,
     }
     record, run_dir = run_probe(tmp_path, targets, network="none", base_dir=base_dir)
     reports = probe_reports(run_dir)
     attempted = [r for r in reports if r["probe"] != "done"]
-    expected = sum(len(v) for k, v in targets.items() if isinstance(v, list)) + 1  # + identity
+    expected = sum(len(v) for k, v in targets.items() if isinstance(v, list)) + 2  # + identity, oom
     assert len(attempted) == expected, reports  # every attempt is in the trace
     assert leaks(reports, targets["token"]) == [], leaks(reports, targets["token"])
     (identity,) = [r for r in reports if r["probe"] == "identity"]
@@ -230,14 +232,42 @@ def test_the_workspace_is_private_and_the_task_is_readable(tmp_path: Path):
     assert "gsm8k" in task and "timer.sh" in task and "Do not train on test data" in task
 
 
+@pytest.fixture
+def host_wide_service():
+    """A TCP service listening on all of the host's interfaces, as many daemons do; and the host's own
+    (non-loopback) addresses it is reachable at."""
+    from posttrainbench.agents.sandbox import host_addresses
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("0.0.0.0", 0))
+    server.listen(8)
+
+    def serve():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            client.sendall(b"host-wide-secret")
+            client.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], host_addresses()
+    server.close()
+
+
 @pytest.mark.parametrize("network", ["open", "none", "proxy"])
-def test_no_policy_reaches_host_local_services(tmp_path: Path, network, host_service, abstract_socket):
-    """Neither the host's loopback TCP services nor its abstract Unix sockets are reachable, whatever
-    the policy (``open`` too: the sandbox has a network namespace of its own)."""
-    targets = {"connect": [["127.0.0.1", host_service]], "abstract": [abstract_socket]}
+def test_no_policy_reaches_host_local_services(tmp_path: Path, network, host_service, abstract_socket,
+                                               host_wide_service):
+    """Neither the host's loopback TCP services, nor a service on all its interfaces at the host's own
+    addresses, nor its abstract Unix sockets are reachable, whatever the policy (``open`` too: the sandbox
+    has a network namespace of its own, and the host's addresses are unreachable from it)."""
+    port, addresses = host_wide_service
+    targets = {"connect": [["127.0.0.1", host_service]] + [[a, port] for a in addresses],
+               "abstract": [abstract_socket]}
     record, run_dir = run_probe(tmp_path, targets, network=network)
     reports = [r for r in probe_reports(run_dir) if r["probe"] != "done"]
-    assert len(reports) == 2 and all(r["outcome"] == "blocked" for r in reports), reports
+    assert len(reports) == 2 + len(addresses) and all(r["outcome"] == "blocked" for r in reports), reports
     assert record["network"] == network
 
 
@@ -305,6 +335,21 @@ def test_workspace_disk_limit_stops_the_run_and_is_recorded(tmp_path: Path):
     assert record["status"] != "ok" and record["wall_seconds"] < 30  # stopped, not left to its 120 s sleep
 
 
+@pytest.mark.parametrize("targets, budget, limit", [
+    # 40 MB below 40 directories of 200-character names: a path of 8000 characters, past PATH_MAX.
+    ({"deep": [40, 200, 40]}, {"disk_gb": 0.02}, "disk_gb"),
+    # Inodes of the host's file system: empty files take no blocks but exhaust it all the same.
+    ({"files": 3000}, {"max_files": 1000}, "max_files"),
+    # 40 MB below 1500 one-character directories: deeper than any descriptor-per-level walk would go.
+    ({"deep": [1500, 1, 40]}, {"disk_gb": 0.02}, "disk_gb"),
+], ids=["past-path-max", "empty-files", "very-deep"])
+def test_the_workspace_cannot_hide_from_its_disk_limits(tmp_path: Path, targets, budget, limit):
+    record, run_dir = run_probe(tmp_path, targets, budget=budget)
+    assert [h["limit"] for h in record["limits_hit"]] == [limit], record["limits_hit"]
+    assert record["status"] != "ok" and record["wall_seconds"] < 30  # stopped, not left to its 120 s sleep
+    assert record["limits"]["max_files"] == budget.get("max_files", 2_000_000)
+
+
 def test_honest_workload_within_the_default_limits(tmp_path: Path):
     """The defaults do not get in the way: a pool of worker processes with threads, shared memory
     and a scratch file of some size run to the end with nothing recorded."""
@@ -336,6 +381,50 @@ def test_honest_workload_within_the_default_limits(tmp_path: Path):
     stdout = [e["text"] for e in trace_events(tmp_path / "run") if e["type"] in ("stdout", "stderr")]
     assert record["status"] == "ok" and record["limits_hit"] == [], stdout[-20:]
     assert "honest done" in stdout
+
+
+def test_honest_cli_like_agent_works_in_the_sandbox(tmp_path: Path, monkeypatch):
+    """What a coding-agent CLI and its tools do: caches and a session file under HOME, a temporary file
+    where TMPDIR says (the host's is a cluster job's scratch, absent inside), a library installed with
+    pip into the workspace, a model server on the sandbox's own loopback (IPv4 and IPv6)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "host-job-scratch"))
+    (tmp_path / "host-job-scratch").mkdir()
+    script = tmp_path / "cli.py"
+    script.write_text(textwrap.dedent("""
+        import http.server, json, os, pathlib, socket, subprocess, sys, threading, urllib.request
+        home = pathlib.Path.home()
+        (home / ".cache" / "cli").mkdir(parents=True); (home / ".cache" / "cli" / "index").write_text("c")
+        (home / ".config" / "cli").mkdir(parents=True); (home / ".config" / "cli" / "session.jsonl").write_text("{}")
+        tmp = subprocess.run(["mktemp"], capture_output=True, text=True, check=True).stdout.strip()
+        pkg = pathlib.Path("pkg"); (pkg / "helperlib").mkdir(parents=True)
+        (pkg / "helperlib" / "__init__.py").write_text("VALUE = 7\\n")
+        (pkg / "setup.py").write_text("from setuptools import setup; setup(name='helperlib', version='0.1', packages=['helperlib'])")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-build-isolation", "--no-deps",
+                        "--target", "deps", "./pkg"], check=True)
+        sys.path.insert(0, "deps"); import helperlib
+        class V6(http.server.ThreadingHTTPServer): address_family = socket.AF_INET6
+        for server in (http.server.ThreadingHTTPServer(("127.0.0.1", 8000), http.server.SimpleHTTPRequestHandler),
+                       V6(("::1", 8001), http.server.SimpleHTTPRequestHandler)):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        pages = [urllib.request.urlopen(url, timeout=10).status for url in ("http://127.0.0.1:8000/TASK.md",
+                                                                            "http://[::1]:8001/TASK.md")]
+        out = pathlib.Path("final_model"); out.mkdir()
+        (out / "config.json").write_text("{}"); (out / "model.safetensors").write_bytes(b"w")
+        print(json.dumps({"tmp": tmp, "lib": helperlib.VALUE, "pages": pages}), flush=True)
+    """))
+    spec = {"type": "command", "command": [sys.executable, "cli.py"], "files": [str(script)]}
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    record = run_cell(CELL, spec, run_dir=tmp_path / "run", base_dir=base, instruct_dir=None, train_data=None,
+                      budget={"hours": 0.02, "gpus": 0, "grace_seconds": 1, "max_checkpoint_gb": 1}, threads=1,
+                      config={}, sandbox_config={"backend": "bubblewrap", "network": "none"})
+    output = [e["text"] for e in trace_events(tmp_path / "run") if e["type"] in ("stdout", "stderr")]
+    assert record["status"] == "ok" and record["limits_hit"] == [], output[-20:]
+    (result,) = [json.loads(e["text"]) for e in trace_events(tmp_path / "run")
+                 if e["type"] == "stdout" and e["text"].startswith('{"tmp"')]
+    assert result["tmp"].startswith("/tmp/") and result["lib"] == 7 and result["pages"] == [200, 200]
+    assert not list((tmp_path / "host-job-scratch").iterdir())
 
 
 def test_proxy_policy_logs_egress_and_refuses_host_services(tmp_path: Path, host_service):
@@ -529,3 +618,74 @@ def test_a_sandbox_that_does_not_start_fails_the_job_not_the_agent(tmp_path: Pat
         trace.close()
     events = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
     assert not [e for e in events if e["type"] == "stdout"], events
+
+
+def test_the_egress_log_stays_bounded_and_names_every_host_reached(tmp_path: Path, monkeypatch):
+    """An agent that makes up host names cannot grow the gateway's log without bound, nor push a host it
+    reaches out of it: past the bound, a new host is refused (and counted), one already logged still works."""
+    from posttrainbench.agents import egress
+    from posttrainbench.agents.sandbox import TraceWriter
+
+    monkeypatch.setattr(egress, "MAX_HOSTS_TRACKED", 3)
+    trace = TraceWriter(tmp_path / "trace.jsonl")
+    socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-test-"))
+    gateway = egress.EgressGateway(socket_dir, trace).start()
+
+    def connect(host: str) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(30)
+            client.connect(str(socket_dir / egress.PROXY_SOCKET))
+            client.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            return client.recv(200)
+
+    try:
+        replies = [connect(f"made-up-{i}.invalid") for i in range(5)] + [connect("made-up-0.invalid")]
+    finally:
+        gateway.stop()
+        trace.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    assert all(b" 502 " in r for r in replies[:3]) and b" 502 " in replies[5]  # tried (no such host)
+    assert all(b" 403 " in r and b"distinct hosts" in r for r in replies[3:5])
+    summary = {e["host"]: e for e in gateway.summary()}
+    assert set(summary) == {"made-up-0.invalid", "made-up-1.invalid", "made-up-2.invalid", egress.OTHER_HOSTS}
+    assert summary[egress.OTHER_HOSTS]["denied"] == 2 and summary["made-up-0.invalid"]["connections"] == 2
+
+
+def test_the_gateway_connects_to_the_address_it_checked(tmp_path: Path, monkeypatch):
+    """DNS rebinding: a name that resolves to a public address when checked and to the host's loopback when
+    connected. The gateway resolves once and connects to the address it checked."""
+    from posttrainbench.agents import egress
+    from posttrainbench.agents.sandbox import TraceWriter
+
+    real_getaddrinfo = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "rebind.example":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = "8.8.8.8" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))]
+
+    opened = []
+
+    async def record_open(host, port, **kwargs):
+        opened.append(host)
+        raise OSError("no upstream in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(egress.asyncio, "open_connection", record_open)
+    trace = TraceWriter(tmp_path / "trace.jsonl")
+    socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-test-"))
+    gateway = egress.EgressGateway(socket_dir, trace).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(30)
+            client.connect(str(socket_dir / egress.PROXY_SOCKET))
+            client.sendall(b"CONNECT rebind.example:8080 HTTP/1.1\r\nHost: rebind.example:8080\r\n\r\n")
+            reply = client.recv(200)
+    finally:
+        gateway.stop()
+        trace.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    assert b" 502 " in reply and lookups == ["rebind.example"] and opened == ["8.8.8.8"]

@@ -4,8 +4,9 @@ A checkpoint is evaluated through a private *view*, a temporary folder that hold
 
 * ``config.json``: the checkpoint's, read bounded (size and nesting depth) and required to be a JSON object whose
   ``model_type`` transformers knows and whose ``architectures`` are transformers' own generative classes. Keys that
-  would load code or change generation are dropped (``auto_map``, ``custom_pipelines``, attention
-  implementations, every generation parameter) and recorded as ignored.
+  would load code, change generation or make a loader read another model are dropped (``auto_map``,
+  ``custom_pipelines``, attention implementations, every generation parameter, ``speculators_config``,
+  ``_name_or_path``) and recorded as ignored; any other value that reads as a file path is refused.
 * the weights: symlinks to the checkpoint's ``model.safetensors`` or the shards its index names (plain file names
   only), after every top-level ``*.safetensors`` file's header was parsed bounded and checked against its size.
 * the tokenizer: the staged **base model's**, extended only by the special tokens the checkpoint adds
@@ -53,6 +54,9 @@ SAMPLING_MODES = ("greedy", "checkpoint")
 # config.json keys that would make transformers or vLLM import code or pick a kernel from the hub.
 CODE_CONFIG_KEYS = ("auto_map", "custom_pipelines", "attn_implementation", "_attn_implementation",
                     "_attn_implementation_autoset", "_experts_implementation", "trust_remote_code")
+# config.json keys that make a loader read another model or folder: vLLM serves a speculators checkpoint's
+# ``verifier`` in its place (and with its tokenizer); ``_name_or_path`` records where the agent loaded from.
+LOADER_CONFIG_KEYS = ("speculators_config", "_name_or_path", "name_or_path")
 # Generation keys that are also model configuration (token ids, KV cache); kept in config.json.
 _MODEL_AND_GENERATION_KEYS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
                                         "use_cache", "output_attentions", "output_hidden_states",
@@ -262,7 +266,7 @@ def sanitized_config(config: Any, where: str = "config.json") -> tuple[dict[str,
     if unknown:
         raise CheckpointRejected(f"{where}: architecture {unknown[0][:80]!r} is not a transformers generative "
                                  "model class (custom code is never run)")
-    drop = generation_keys() | set(CODE_CONFIG_KEYS)
+    drop = generation_keys() | set(CODE_CONFIG_KEYS) | set(LOADER_CONFIG_KEYS)
     dropped: list[str] = []
 
     def clean(cfg: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -276,7 +280,29 @@ def sanitized_config(config: Any, where: str = "config.json") -> tuple[dict[str,
                 else value
         return out
 
-    return clean(config, ""), sorted(dropped)
+    cleaned = clean(config, "")
+    where_path = _path_value(cleaned)
+    if where_path is not None:
+        key, value = where_path
+        raise CheckpointRejected(f"{where}: {key} names a path ({value[:80]!r}); a checkpoint's configuration may "
+                                 "not point evaluation at other files")
+    return cleaned, sorted(dropped)
+
+
+def _path_value(config: dict[str, Any]) -> tuple[str, str] | None:
+    """The first ``(key path, string)`` of ``config`` that reads as a file path (a separator or a leading ``~``):
+    no model configuration names a file, so such a value can only point a loader elsewhere."""
+    stack: list[tuple[str, Any]] = [(key, value) for key, value in config.items()]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, str):
+            if "/" in value or "\\" in value or value.startswith("~"):
+                return key, value
+        elif isinstance(value, dict):
+            stack.extend((f"{key}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+    return None
 
 
 def _text_vocab_size(config: dict[str, Any]) -> int | None:
@@ -424,6 +450,7 @@ class EvaluationView:
     model_dir: Path
     generation: dict[str, Any]
     record: dict[str, Any] = field(default_factory=dict)
+    added_tokens: list[dict[str, Any]] = field(default_factory=list)  # every one, the record lists the first 20
 
 
 def prepare_view(checkpoint_dir: Path, base_dir: Path | None, out_dir: Path, *, sampling: str = "greedy") -> EvaluationView:
@@ -471,4 +498,4 @@ def prepare_view(checkpoint_dir: Path, base_dir: Path | None, out_dir: Path, *, 
         "ignored_config_keys": dropped,
         "weight_files": weights,
     }
-    return EvaluationView(model_dir=out_dir, generation=generation, record=record)
+    return EvaluationView(model_dir=out_dir, generation=generation, record=record, added_tokens=tokenizer.added)

@@ -36,6 +36,8 @@ MAX_MESSAGE_BYTES = 8 << 20
 MAX_DEPTH = 100
 MAX_REPORT_BYTES = 64 << 10
 SCRATCH_DIRS = ("/tmp", "/dev/shm")
+# Builtin exceptions that end a loop instead of failing it; a program raising one fails.
+ITERATION_ENDING = (StopIteration, StopAsyncIteration)
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 # Imported once by the supervisor, so that each forked checker finds what tests commonly import loaded.
@@ -241,9 +243,11 @@ class UntrustedFunction:
             raise
         except BaseException as exc:  # noqa: BLE001 - EOF, bad JSON or hex, too deep, too big: the program's fault
             raise ProgramFailed(f"the program stopped answering properly: {type(exc).__name__}: {_first_line(exc)}") from None
-        # A builtin exception keeps its class (a test may expect it); anything else fails the program.
+        # A builtin exception keeps its class (a test may expect it); anything else fails the program, and so
+        # do the ones that end iteration: raised inside map() or an iterator of the test, they would end its
+        # loop early instead of failing it.
         cls = getattr(builtins, name, None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, ITERATION_ENDING):
             raise cls(message)
         raise ProgramFailed(f"{name[:100]}: {message}")
 

@@ -8,7 +8,9 @@ Two layers, both applied when a job's script starts:
   the API key it uses (the grade job the grader's, the judge job the LLM judge's) and, in those jobs
   only, the proxy settings. The names dropped (never the values) go to the job log.
 * **File system**: the job's script re-executes itself under bubblewrap with the whole host read-only
-  (``--ro-bind / /``), devices (GPUs) visible, its own PID namespace and ``/proc``, a private ``/tmp``
+  (``--ro-bind / /``) and no capabilities (a root job could otherwise remount it writable), a minimal
+  ``/dev`` with the accelerators, ``/run`` hidden (the host's runtime sockets), its own PID, UTS and IPC
+  namespaces and ``/proc``, a private ``/tmp``
   and ``/dev/shm``, and as its only writable places its log file and one private, empty directory per
   output directory. When the job ends, the files it wrote there that belong to its declared outputs
   (``seedN.json``, ``seedN.*``) are moved into the real output directory; anything else it wrote is
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -138,6 +141,52 @@ def _visible_paths(inputs: Iterable[str | os.PathLike], extra: Iterable[str | os
     return [p for i, p in enumerate(found) if not any(_under(p, q) for q in found[:i])]
 
 
+# Device nodes a job may need (GPUs, their capability and IMEX channels, ROCm), bound into its minimal /dev.
+ACCELERATOR_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps*", "/dev/kfd", "/dev/dri", "/dev/infiniband")
+RUNTIME_DIRS = ("/run", "/var/run")
+# The confined job's uid inside its namespace when the pipeline runs as root (mapped to host root).
+JOB_UID = 1000
+
+
+def _accelerator_devices() -> list[str]:
+    import glob
+
+    return sorted({path for pattern in ACCELERATOR_DEVICES for path in glob.glob(pattern)})
+
+
+def _runtime_dirs() -> list[str]:
+    """/run and /var/run where they are real directories (/var/run is usually a symlink to /run)."""
+    return [d for d in RUNTIME_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+
+
+# In each job's scratch directory: which process on which host made it (host, pid, start time).
+OWNER_FILE = "owner"
+
+
+def _process_identity(pid: int) -> str | None:
+    """``host pid start-time`` of a live process of this host, None if there is none with that pid."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{socket.gethostname()} {pid} {start}"
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Remove the scratch of jobs of this host whose process is gone (killed before its own cleanup: a
+    cluster's time limit, a node's OOM killer). It is never published; left, it would hold the job's
+    caches and partial outputs forever. Scratch of other hosts' jobs, or of live ones, stays."""
+    host = socket.gethostname()
+    for workdir in root.glob("job-*"):
+        try:
+            owner = (workdir / OWNER_FILE).read_text().split()
+        except OSError:
+            continue
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and \
+                _process_identity(int(owner[1])) != " ".join(owner):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 class Confinement:
     """The bubblewrap command that runs a job read-only except ``outputs`` and ``log_files``.
 
@@ -156,7 +205,9 @@ class Confinement:
         self.inputs = list(inputs)
         root = Path(staging_root) if staging_root else Path.cwd() / ".snakemake" / "ptb-confine"
         root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(root)
         self.workdir = Path(tempfile.mkdtemp(prefix="job-", dir=root))
+        (self.workdir / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
         self.tmp = self.workdir / "tmp"
         self.tmp.mkdir()
         self.staging: dict[Path, Path] = {}
@@ -171,9 +222,27 @@ class Confinement:
             log_file.touch(exist_ok=True)
 
     def argv(self, command: list[str]) -> list[str]:
-        argv = [self.executable, "--unshare-user", "--unshare-pid", "--die-with-parent",
-                "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/dev/shm", "--bind", str(self.tmp), PRIVATE_TMP]
+        # No capabilities: as root, bubblewrap would otherwise keep them all in its namespace, and the job could
+        # remount the read-only host tree writable. Own UTS and IPC namespaces: a job running as uid 0 could
+        # otherwise rename the host through /proc/sys or reach the host's SysV shared memory.
+        argv = [self.executable, "--unshare-user", "--unshare-pid", "--unshare-uts", "--unshare-ipc",
+                "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/"]
+        if os.geteuid() == 0:
+            # Still host root for file access (root-only staged files stay readable), but not uid 0 inside:
+            # a sandbox nested in the job (bubblewrap treats uid 0 as privileged) then sets itself up as usual.
+            argv += ["--uid", str(JOB_UID), "--gid", str(JOB_UID)]
+        # A minimal /dev plus the accelerators, not the host's disks and consoles.
+        argv += ["--dev", "/dev"]
+        for device in _accelerator_devices():
+            argv += ["--dev-bind", device, device]
+        argv += ["--proc", "/proc", "--tmpfs", "/dev/shm", "--bind", str(self.tmp), PRIVATE_TMP]
+        # The host's runtime sockets (container engines, init, munge, D-Bus) live under /run: hidden, except
+        # the resolver's configuration when /etc/resolv.conf points there.
+        for run in _runtime_dirs():
+            argv += ["--tmpfs", run]
+        resolver = Path(os.path.realpath("/etc/resolv.conf")).parent
+        if any(_under(resolver, Path(run)) for run in _runtime_dirs()) and resolver.is_dir():
+            argv += ["--ro-bind", str(resolver), str(resolver)]
         for path in _visible_paths(self.inputs, [*self.outputs, *self.log_files]):
             if path.is_dir() or path.is_file():
                 argv += ["--ro-bind", str(path), str(path)]
@@ -188,6 +257,10 @@ class Confinement:
         private /tmp, and caches that write (datasets, compilers, vLLM) private to the job; the Hugging
         Face home stays where it was, readable."""
         env = dict(environ)
+        if os.geteuid() == 0:
+            # The job's uid inside has no name there: programs that ask who they are (getpass) ask the environment.
+            env.setdefault("USER", "root")
+            env.setdefault("LOGNAME", env["USER"])
         hf_home = env.get("HF_HOME") or os.path.join(
             env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME", "/root"), ".cache"), "huggingface")
         cache = f"{PRIVATE_TMP}/.cache"

@@ -695,6 +695,12 @@ def evaluate_checkpoint(
             raise
         except Exception as exc:  # the view promises those two on any input: anything else is a bug here
             raise InfrastructureError(f"preparing the evaluation view failed: {_first_line(exc)}") from exc
+        from .tokenizer_guard import added_tokens_in_inputs
+
+        occurring = added_tokens_in_inputs(view.added_tokens, bm.read_test_records(benchmark_dir))
+        if occurring:
+            raise CheckpointRejected(f"added token(s) {', '.join(occurring)} occur in the test items and would "
+                                     "change how they encode")
         if apply_chat_template and chat_template is None:
             chat_template = checkpoint_chat_template(model_dir)
         config = build_task_config(

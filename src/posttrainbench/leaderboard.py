@@ -40,7 +40,8 @@ class Weights:
 def _cell_identity(root: Path, kind: str, path: Path) -> dict | None:
     """The cell a result file belongs to, from its path; None (logged) when not laid out as a cell."""
     parts = path.relative_to(root / kind).with_suffix("").parts
-    if len(parts) != 4 or not re.fullmatch(r"seed[0-9]+", parts[3]):
+    # One spelling per seed ("seed1", never "seed01"): two files must not name one cell.
+    if len(parts) != 4 or not re.fullmatch(r"seed(?:0|[1-9][0-9]{0,8})", parts[3]) or path.suffix != ".json":
         log.warning("ignoring %s: not laid out as %s/AGENT/MODEL/BENCHMARK/seedN.json", path, kind)
         return None
     return {"agent": parts[0], "model": parts[1], "benchmark": parts[2], "seed": int(parts[3][4:])}

@@ -6,7 +6,9 @@ count): normalizer, pre-tokenizer, model type and options, vocabulary of the mod
 post-processor, decoder, the base's added tokens (content, id, flags); for tokenizers shipped only as a
 sentencepiece ``tokenizer.model``, its bytes. New added tokens are allowed (agents commonly add a pad token) when
 each has an id beyond every base id, is special, is 1-64 characters without whitespace, and the base tokens still
-encode and decode exactly as before with it (every base token's text is encoded both ways and compared). The
+encode and decode exactly as before with it (every base token's text, the evaluation's prompt templates
+and chat turns are encoded both ways and compared); evaluation also refuses one whose text occurs in a test item
+(:func:`added_tokens_in_inputs`). The
 special-token roles of ``tokenizer_config.json`` are compared too: a checkpoint's end-of-sequence token is used
 when it is a special token of the evaluation vocabulary, its pad token when it is any token of it; bos and unk are
 always the base's. Every role difference is recorded.
@@ -47,7 +49,19 @@ PROBE_TEXT = (
     "def add(a, b):\n    return a + b  # sum\n\nQuestion: Natalia sold 48 clips; 48/2 = 24. Answer: #### 72\n"
     "x < y > z [1] |a| \\boxed{42} Answer: C\n\tÜber naïve café — 日本語のテキスト, 中文, עברית, "
     "ελληνικά; emoji 🙂 ```python\nprint('x')\n```"
+    # The turns the forced chat templates render around every prompt.
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 )
+
+
+def _probe_texts() -> list[str]:
+    """Text whose encoding an added token must leave alone: the probe and the evaluation's prompt templates."""
+    from . import evaluation as ev
+
+    templates = [ev.GSM8K_CHAT_PROMPT, ev.GSM8K_PLAIN_PROMPT, ev.HUMANEVAL_CHAT_PROMPT, ev.AIME_PROMPT,
+                 ev.GPQA_PROMPT, ev.BFCL_PROMPT, ev.HUMANEVAL_GEN_PREFIX]
+    return [PROBE_TEXT, *templates]
 
 
 @dataclass
@@ -77,6 +91,7 @@ class EvaluationTokenizer:
 
     directory: Path
     record: dict[str, Any]
+    added: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _tokenizers_canonical(text: bytes | str, name: str):
@@ -285,7 +300,7 @@ def _encoding_changes(b: dict[str, Any], b_tok, added: list[dict[str, Any]], bas
     changed = []
     if extended.decode_batch(ids, skip_special_tokens=False) != texts:
         changed.append("decoding of base ids")
-    texts.append(PROBE_TEXT)
+    texts.extend(_probe_texts())
     before = b_tok.encode_batch(texts, add_special_tokens=False)
     after = extended.encode_batch(texts, add_special_tokens=False)
     for text, x, y in zip(texts, before, after):
@@ -352,4 +367,25 @@ def evaluation_tokenizer(checkpoint_dir: Path, base_dir: Path, out_dir: Path) ->
         "max_added_id": max((t["id"] for t in comparison.added), default=None),
         "roles": comparison.roles,
     }
-    return EvaluationTokenizer(directory=out_dir, record=record)
+    return EvaluationTokenizer(directory=out_dir, record=record, added=list(comparison.added))
+
+
+def added_tokens_in_inputs(added: list[dict[str, Any]], records: list[Any], limit: int = 5) -> list[str]:
+    """The added tokens (``{"id", "content"}``) whose text occurs in a string of ``records`` (the benchmark's
+    test items): a special token matches before anything else is encoded, so each would turn part of a
+    question into a token only the checkpoint has, which the base-token checks cannot see."""
+    if not added:
+        return []
+    strings: list[str] = []
+    stack = list(records)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    text = "\n".join(strings)
+    found = [f"{tok['content']!r} (id {tok['id']})" for tok in added if tok["content"] in text]
+    return found[:limit]

@@ -9,14 +9,15 @@ Targets come from a JSON file given as the only argument (written by the test, o
 workspace, bound read-only for the probe):
 
     {"read": [paths], "list": [[dir, name that must not be visible]], "write": [paths], "token": "...",
-     "secrets": [sha256 of values], "connect": [[host, port]], "abstract": [abstract socket names],
+     "secrets": [sha256 of values], "connect": [[host, port]], "abstract": [abstract socket names], "oom": true,
      "proxy_get": [urls], "import": [module names], "identity": true, "fill": [[path, bytes]],
-     "fork": count, "disk_mb": megabytes}
+     "fork": count, "disk_mb": megabytes, "deep": [levels, name length, megabytes], "files": count}
 
 A write leaves ``token`` and its target in the file, so the test can look on the host for what
 really got there (a write into the sandbox's private scratch succeeds inside and reaches nothing).
-``fork`` tries to hold that many processes at once; ``disk_mb`` fills the workspace and waits: both
-are stopped by the sandbox's limits, not by the agent.
+``fork`` tries to hold that many processes at once; ``disk_mb`` fills the workspace and waits, ``deep``
+does so below a directory chain too long for paths, ``files`` creates empty files and waits: all are
+stopped by the sandbox's limits, not by the agent.
 
 After probing it still behaves like an agent and leaves a (tiny) checkpoint in final_model/.
 """
@@ -117,6 +118,19 @@ def try_identity() -> None:
     report("identity", "uid", uid == 0 or host_uid == 0, f"uid {uid} inside, host uid {host_uid}, groups {os.getgroups()}")
 
 
+def try_oom_protect() -> None:
+    """Shield itself from the out-of-memory killer (so that the runner goes first): the sandbox starts as
+    its first choice (1000) and cannot make itself less likely than any host process."""
+    path = Path("/proc/self/oom_score_adj")
+    start = path.read_text().strip()
+    try:
+        path.write_text("-1000")
+    except OSError:
+        pass
+    now = int(path.read_text())
+    report("oom", "oom_score_adj", start != "1000" or now < 0, f"started at {start}, now {now}")
+
+
 def try_fill(path: str, limit: int) -> None:
     """Write up to ``limit`` bytes; a scratch file system that ends it early (ENOSPC) holds."""
     written = 0
@@ -171,6 +185,36 @@ def fill_workspace(megabytes: int) -> None:
     time.sleep(120)
 
 
+def hide_deep(levels: int, name_length: int, megabytes: int) -> None:
+    """Write ``megabytes`` at the bottom of a chain of ``levels`` directories (long names take the path past
+    PATH_MAX, where path-based measurements fail), then wait to be stopped."""
+    top = os.open(".", os.O_RDONLY)
+    try:
+        for i in range(levels):
+            name = f"{i % 10}" * name_length
+            os.mkdir(name)
+            os.chdir(name)
+        with open("hidden.bin", "wb") as handle:
+            for _ in range(megabytes):
+                handle.write(os.urandom(1 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        os.fchdir(top)
+        os.close(top)
+    report("deep", [levels, name_length, megabytes], True, "written; waiting")
+    time.sleep(120)
+
+
+def make_files(count: int) -> None:
+    """Create ``count`` empty files (no disk blocks, one inode each), then wait to be stopped."""
+    os.makedirs("many", exist_ok=True)
+    for i in range(count):
+        os.close(os.open(f"many/{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    report("files", count, True, "created; waiting")
+    time.sleep(120)
+
+
 def try_proxy_get(url: str) -> None:
     """Through whatever proxy the environment names (the proxy network policy)."""
     try:
@@ -196,6 +240,8 @@ def main() -> None:
         try_list(path, forbidden)
     if targets.get("identity"):
         try_identity()
+    if targets.get("oom"):
+        try_oom_protect()
     for path in targets.get("write", []):
         try_write(path, targets.get("token", ""))
     for value in targets.get("secrets", []):
@@ -210,6 +256,10 @@ def main() -> None:
         try_fork(int(targets["fork"]))
     if targets.get("disk_mb"):
         fill_workspace(int(targets["disk_mb"]))
+    if targets.get("deep"):
+        hide_deep(*(int(x) for x in targets["deep"]))
+    if targets.get("files"):
+        make_files(int(targets["files"]))
     for url in targets.get("proxy_get", []):
         try_proxy_get(url)
     for module in targets.get("import", []):

@@ -174,6 +174,7 @@ def _copy(produced: Path, target: Path, label: str, files: dict[str, os.stat_res
     raise :class:`Rejected` (leaving nothing behind) when the tree changed since it was validated."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging.chmod(0o755)  # as every directory copied into it (mkdtemp makes it private to the pipeline's user)
     try:
         seen = set()
         walk = Walk(CHECKPOINT_MAX_DEPTH, CHECKPOINT_MAX_ENTRIES)

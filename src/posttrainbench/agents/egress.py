@@ -30,6 +30,11 @@ from .sandbox import TraceWriter
 
 PROXY_SOCKET = "proxy.sock"
 _MAX_HEADER = 64 * 1024
+# Host names are the agent's choice: how much of one is kept, and how many distinct hosts the gateway lets
+# the agent reach (each logged by name); a further new host is refused and counted under OTHER_HOSTS.
+MAX_HOST_CHARS = 300
+MAX_HOSTS_TRACKED = 1000
+OTHER_HOSTS = "(other hosts)"
 
 
 def _is_local(host: str) -> bool:
@@ -43,13 +48,29 @@ def _is_local(host: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
 
 
-async def _resolves_local(host: str, port: int) -> bool:
-    """A name that resolves to a local address counts as local (no detour through DNS)."""
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` stands for (itself when it is one); empty when it does not resolve."""
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return False
-    return any(_is_local(info[4][0]) for info in infos)
+        return []
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+async def _open_any(addresses: list[str], port: int):
+    """A connection to the first of ``addresses`` that answers: the very addresses the policy checked, so a
+    name that resolves differently the second time (DNS rebinding) cannot lead to the host's own services."""
+    error: OSError = OSError("the name did not resolve")
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(address, port)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def forward_socket_name(port: int) -> str:
@@ -99,17 +120,28 @@ class EgressGateway:
         self._servers: list[asyncio.AbstractServer] = []
 
     # ---- bookkeeping ----------------------------------------------------------------------------
-    async def _allowed(self, host: str, port: int) -> bool:
+    async def _allowed(self, host: str, port: int) -> tuple[bool, list[str]]:
+        """Whether ``host`` may be reached, and the addresses it was resolved to (connect to those only)."""
         listed = self.allowed_hosts is not None and any(fnmatch.fnmatch(host, p) for p in self.allowed_hosts)
-        if _is_local(host) or await _resolves_local(host, port):
-            return listed  # the host's own services are reachable only when named (or forwarded)
-        return self.allowed_hosts is None or listed
+        addresses = await _resolve(host, port)
+        if _is_local(host) or any(_is_local(a) for a in addresses):
+            return listed, addresses  # the host's own services are reachable only when named (or forwarded)
+        return self.allowed_hosts is None or listed, addresses
+
+    def _full(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` is new and the log already holds as many hosts as it keeps: such a host is
+        refused, so every host the agent did reach is in the log by name (the judge reads it)."""
+        return f"{host[:MAX_HOST_CHARS]}:{port}" not in self.hosts and len(self.hosts) >= MAX_HOSTS_TRACKED
 
     def _record(self, host: str, port: int, via: str, allowed: bool, detail: str = "") -> None:
+        host = host[:MAX_HOST_CHARS]
         key = f"{host}:{port}"
+        if key not in self.hosts and len(self.hosts) >= MAX_HOSTS_TRACKED:
+            key = OTHER_HOSTS  # refused (see _full): counted together
+            self.hosts.setdefault(key, {"host": OTHER_HOSTS, "port": 0, "connections": 0, "denied": 0})
         entry = self.hosts.setdefault(key, {"host": host, "port": port, "connections": 0, "denied": 0})
         entry["connections" if allowed else "denied"] += 1
-        self.trace.event("egress", host=host, port=port, via=via, allowed=allowed, detail=detail)
+        self.trace.agent_event("egress", host=host, port=port, via=via, allowed=allowed, detail=detail)
 
     def summary(self) -> list[dict]:
         return list(self.hosts.values())
@@ -120,7 +152,7 @@ class EgressGateway:
         try:
             upstream = await asyncio.open_connection(host, port)
         except OSError as exc:
-            self.trace.event("egress_error", host=host, port=port, error=str(exc))
+            self.trace.agent_event("egress_error", host=host[:MAX_HOST_CHARS], port=port, error=str(exc)[:300])
             writer.close()
             return
         await _splice((reader, writer), upstream)
@@ -150,17 +182,20 @@ class EgressGateway:
             authority, slash, path = remainder.partition("/")
             host, port = _split_host_port(authority, 80)
             path = slash + path or "/"
-        allowed = await self._allowed(host, port)
+        full = self._full(host, port)
+        allowed, addresses = (False, []) if full else await self._allowed(host, port)
         self._record(host, port, "proxy", allowed, detail=f"{method} {target}"[:300])
         if not allowed:
-            writer.write(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nhost not allowed by the network policy\n")
+            why = (f"more than {MAX_HOSTS_TRACKED} distinct hosts contacted" if full
+                   else "host not allowed by the network policy")
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n" + why.encode() + b"\n")
             await writer.drain()
             writer.close()
             return
         try:
-            upstream = await asyncio.open_connection(host, port)
+            upstream = await _open_any(addresses, port)
         except OSError as exc:
-            self.trace.event("egress_error", host=host, port=port, error=str(exc))
+            self.trace.agent_event("egress_error", host=host[:MAX_HOST_CHARS], port=port, error=str(exc)[:300])
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n")
             writer.close()
             return

@@ -433,10 +433,12 @@ def run_cell(
     box = SandboxSpec(workspace=workspace, network=network, gpus=gpus, private_dir=private,
                       read_only=[p for p in (base_dir, instruct_dir, train_data) if p is not None],
                       allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network),
-                      **{k: budget[k] for k in ("max_processes", "disk_gb", "tmp_mb", "shm_mb") if k in budget})
+                      **{k: budget[k] for k in ("max_processes", "disk_gb", "max_files", "tmp_mb", "shm_mb") if k in budget})
     if sandbox.isolating:
         box.mapped[TOOLS_MOUNT] = ws.install_tools(private / "tools")
         env["PYTHONPATH"] = f"{TOOLS_MOUNT}/python"
+        # The host's TMPDIR (a job's scratch on a cluster) does not exist inside: the sandbox's own /tmp does.
+        env["TMPDIR"] = "/tmp"
     adapter: dict = {}
     outcome = None
     try:

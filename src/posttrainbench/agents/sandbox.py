@@ -61,7 +61,8 @@ class RunOutcome:
 
 
 # What one line of the agent's stdout/stderr may take in the trace; a longer line is cut there and its
-# length recorded. Past the output budget, lines are only counted (the trace lives outside the workspace).
+# length recorded. Past the output budget (bytes of trace the agent's output and egress events take), lines
+# are only counted (the trace lives outside the workspace).
 TRACE_LINE_LIMIT = 64 * 1024
 TRACE_OUTPUT_LIMIT = 1 << 30
 PUMP_CHUNK = 64 * 1024
@@ -70,7 +71,8 @@ PUMP_CHUNK = 64 * 1024
 class TraceWriter:
     """Append-only JSONL event log, line-buffered so a killed job keeps what was written."""
 
-    def __init__(self, path: Path, *, output_limit: int = TRACE_OUTPUT_LIMIT):
+    def __init__(self, path: Path, *, output_limit: int | None = None):
+        output_limit = TRACE_OUTPUT_LIMIT if output_limit is None else output_limit
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: IO[str] = open(path, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
@@ -88,16 +90,28 @@ class TraceWriter:
         record = {"time": now_iso(), "type": stream, "text": text}
         if truncated:
             record.update(truncated=True, length=length)
+        self._budgeted(record, length)
+
+    def agent_event(self, kind: str, **fields) -> None:
+        """An event the agent causes at will (a connection through the egress gateway): it is charged to
+        the same output budget as the agent's output."""
+        self._budgeted({"time": now_iso(), "type": kind, **fields}, 0)
+
+    def _budgeted(self, record: dict, length: int) -> None:
+        # What a record costs is what it takes in the trace (an empty line or an escaped control character
+        # costs more than its length): so the budget bounds the trace's size, whatever the agent prints.
         with self._lock:
-            if self._output_left <= 0:
+            line = json.dumps(record, default=str) + "\n" if self._output_left > 0 else ""
+            if not line or len(line) > self._output_left:
                 if not self.dropped["lines"]:
                     self._handle.write(json.dumps({"time": now_iso(), "type": "output_limit",
                                                    "limit_bytes": self.output_limit}) + "\n")
+                self._output_left = 0
                 self.dropped["lines"] += 1
                 self.dropped["bytes"] += length
                 return
-            self._output_left -= min(length, TRACE_LINE_LIMIT)
-            self._handle.write(json.dumps(record) + "\n")
+            self._output_left -= len(line)
+            self._handle.write(line)
 
     def close(self) -> None:
         self._handle.close()
@@ -160,6 +174,7 @@ USERNS_LAUNCHER = Path(__file__).with_name("userns_exec.py")
 # loader workers, pip installs and caches fits. Threads count as processes (as for the kernel).
 DEFAULT_MAX_PROCESSES = 8192
 DEFAULT_DISK_GB = 200.0
+DEFAULT_MAX_FILES = 2_000_000
 DEFAULT_TMP_MB = 16384
 DEFAULT_SHM_MB = 16384
 RUN_TMPFS_MB = 64
@@ -194,12 +209,13 @@ class SandboxSpec:
     private_dir: Path | None = None  # the pipeline's own scratch for this run, never visible inside
     max_processes: int = DEFAULT_MAX_PROCESSES  # processes and threads of the agent, together
     disk_gb: float = DEFAULT_DISK_GB  # the workspace's size on disk
+    max_files: int = DEFAULT_MAX_FILES  # entries in the workspace (inodes of the host's file system)
     tmp_mb: int = DEFAULT_TMP_MB  # /tmp (and /run: RUN_TMPFS_MB) in memory
     shm_mb: int = DEFAULT_SHM_MB  # /dev/shm
 
     def limits(self) -> dict:
-        return {"max_processes": self.max_processes, "disk_gb": self.disk_gb, "tmp_mb": self.tmp_mb,
-                "shm_mb": self.shm_mb}
+        return {"max_processes": self.max_processes, "disk_gb": self.disk_gb, "max_files": self.max_files,
+                "tmp_mb": self.tmp_mb, "shm_mb": self.shm_mb}
 
 
 @dataclass
@@ -323,6 +339,7 @@ class Sandbox:
         )
         for fd in launch.pass_fds:  # the child holds its own copies
             os.close(fd)
+        _first_to_go_out_of_memory(proc.pid)
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", trace), daemon=True),
             threading.Thread(target=_pump, args=(proc.stderr, "stderr", trace), daemon=True),
@@ -384,9 +401,11 @@ class Sandbox:
 class LimitWatch:
     """Measures a running agent against its limits from the host: the processes and threads
     descending from the sandbox's first process (an isolating backend's PID namespace keeps them
-    there), every second, and the workspace's disk usage, at an interval that grows with the time a
-    measurement takes. A limit exceeded is recorded (trace event ``limit``) and sets ``exceeded``.
-    Where the kernel enforces the process limit, reaching it counts as exceeding it."""
+    there), every second, and the workspace's disk usage and number of entries, at an interval that
+    grows with the time a measurement takes, and at once when the free space of the workspace's file
+    system drops by more than the workspace's headroom since the last measurement. A limit exceeded is
+    recorded (trace event ``limit``) and sets ``exceeded``. Where the kernel enforces the process
+    limit, reaching it counts as exceeding it."""
 
     def __init__(self, root_pid: int, workspace: Path, spec: SandboxSpec, trace: TraceWriter):
         self.root_pid = root_pid
@@ -394,6 +413,7 @@ class LimitWatch:
         self.max_processes = int(spec.max_processes)
         self.disk_bytes = int(float(spec.disk_gb) * 1e9)
         self.disk_gb = spec.disk_gb
+        self.max_files = int(spec.max_files)
         self.trace = trace
         self.hits: list[dict] = []
         self.exceeded = threading.Event()
@@ -416,21 +436,37 @@ class LimitWatch:
         self.trace.event("limit", **hit)
         self.exceeded.set()
 
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.workspace)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def _loop(self) -> None:
         next_disk = time.monotonic() + 1.0
-        disk_interval = DISK_CHECK_SECONDS
+        earliest = next_disk  # when a sudden drop of free space may trigger a measurement ahead of time
+        used = 0
+        free_then = self._free_bytes()
         while not self._stopping.wait(PROCESS_CHECK_SECONDS):
             tasks = count_tasks(self.root_pid)
             if tasks >= self.max_processes:
                 self._hit("max_processes", tasks, self.max_processes)
-            if time.monotonic() >= next_disk:
-                t = time.monotonic()
-                used = disk_usage(self.workspace)
-                took = time.monotonic() - t
-                disk_interval = max(DISK_CHECK_SECONDS, 20 * took)
-                next_disk = time.monotonic() + disk_interval
-                if used > self.disk_bytes:
-                    self._hit("disk_gb", round(used / 1e9, 3), self.disk_gb)
+            now = time.monotonic()
+            free_now = self._free_bytes() if now >= earliest else None
+            # The file system lost more than the workspace may still grow by: measure now, not at the interval.
+            sudden = free_then is not None and free_now is not None and free_then - free_now > self.disk_bytes - used
+            if sudden or now >= next_disk:
+                free_then = self._free_bytes()
+                usage = workspace_usage(self.workspace)
+                took = time.monotonic() - now
+                next_disk = time.monotonic() + max(DISK_CHECK_SECONDS, 20 * took)
+                earliest = time.monotonic() + max(DISK_CHECK_SECONDS, 2 * took)
+                used = usage.bytes
+                if usage.bytes > self.disk_bytes:
+                    self._hit("disk_gb", round(usage.bytes / 1e9, 3), self.disk_gb)
+                if usage.entries > self.max_files:
+                    self._hit("max_files", usage.entries, self.max_files)
 
 
 def count_tasks(root_pid: int) -> int:
@@ -460,30 +496,82 @@ def count_tasks(root_pid: int) -> int:
     return total
 
 
-def disk_usage(root: Path) -> int:
-    """Bytes allocated on disk under ``root``: no symlink followed, each hard-linked file once,
-    sparse files by what they really take."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class Usage:
+    bytes: int = 0  # allocated on disk
+    entries: int = 0  # files, directories, links: what the file system spends an inode on
+
+
+def workspace_usage(root: Path) -> Usage:
+    """What the tree under ``root`` takes: bytes allocated (each hard-linked file once, sparse files by
+    what they really take) and entries, no symlink followed. One directory is open at a time, entered
+    from its parent's descriptor and left through ``..``, so neither a path past PATH_MAX nor any depth
+    hides anything. A directory moved while it is measured ends the measurement there (what was counted
+    stands): ``..`` must lead back to the very directory it came from."""
+    usage = Usage()
     seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [str(root)]
-    while stack:
+
+    def scan(fd: int) -> list[str]:
+        subdirs = []
         try:
-            with os.scandir(stack.pop()) as it:
+            with os.scandir(fd) as it:
                 for entry in it:
+                    usage.entries += 1
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+                    if stat.S_ISDIR(st.st_mode):
+                        subdirs.append(entry.name)
+                    elif st.st_nlink > 1:
                         if (st.st_dev, st.st_ino) in seen:
                             continue
                         seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                    usage.bytes += st.st_blocks * 512
         except OSError:
-            continue
-    return total
+            pass
+        return subdirs
+
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        return usage
+    try:
+        # Per level below: the identity of the directory and the names of its subdirectories left to visit.
+        top = os.fstat(fd)
+        levels = [((top.st_dev, top.st_ino), scan(fd))]
+        while levels:
+            identity, subdirs = levels[-1]
+            if subdirs:
+                try:
+                    child = os.open(subdirs.pop(), _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue
+                os.close(fd)
+                fd = child
+                st = os.fstat(fd)
+                levels.append(((st.st_dev, st.st_ino), scan(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != levels[-1][0]:
+                break  # moved meanwhile: never measure outside the tree
+    finally:
+        os.close(fd)
+    return usage
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes allocated on disk under ``root`` (see :func:`workspace_usage`)."""
+    return workspace_usage(root).bytes
 
 
 class BubblewrapSandbox(Sandbox):
@@ -579,6 +667,16 @@ class BubblewrapSandbox(Sandbox):
                     pass
 
 
+def _first_to_go_out_of_memory(pid: int) -> None:
+    """The agent, not the runner, is what the kernel kills when memory runs out (its children inherit this;
+    the bubblewrap launcher sets it before the sandbox starts, so none is missed there)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
+
+
 def _group_members(pgid: int) -> list[int]:
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -601,8 +699,9 @@ def _comm(pid: int) -> str:
 class _SlirpNetwork:
     """The ``open`` policy for bubblewrap: once bwrap reports its sandbox's PID (``--info-fd``),
     slirp4netns gives that network namespace a user-mode stack (NAT to the outside, DNS forwarder)
-    with the host's loopback disabled; then the sandbox is let go (``--block-fd``). Abstract Unix
-    sockets belong to a network namespace, so the host's are out of reach too."""
+    with the host's loopback disabled, the host's other addresses get unreachable routes, and then
+    the sandbox is let go (``--block-fd``). Abstract Unix sockets belong to a network namespace, so the
+    host's are out of reach too."""
 
     def __init__(self, executable: str, info_r: int, block_w: int):
         self.executable = executable
@@ -632,6 +731,7 @@ class _SlirpNetwork:
             self.log.seek(0)
             detail = " ".join(self.log.read().decode("utf-8", "replace").split())[-300:]
             raise SandboxError(f"slirp4netns could not connect the sandbox to the network: {detail or 'no reason given'}")
+        _block_host_addresses(pid)
         os.write(self.block_w, b"1")
 
     @staticmethod
@@ -666,6 +766,47 @@ class _SlirpNetwork:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def host_addresses() -> list[str]:
+    """The host's own IPv4 addresses but loopback (its ``LOCAL`` routes: every interface, container
+    bridges included)."""
+    try:
+        text = Path("/proc/net/fib_trie").read_text()
+    except OSError:
+        return []
+    found, last = set(), None
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry.startswith("|-- "):
+            last = entry[4:]
+        elif entry == "/32 host LOCAL" and last and not last.startswith("127."):
+            found.add(last)
+    return sorted(found)
+
+
+def _block_host_addresses(pid: int) -> None:
+    """Make the host's own addresses unreachable from the sandbox's network namespace, before the agent
+    starts: slirp4netns cuts off the host's loopback only, and a service listening on all interfaces
+    would be reachable at the host's other addresses. The agent has no capability to change routes."""
+    addresses = host_addresses()
+    if not addresses:
+        return
+    ip, nsenter = shutil.which("ip"), shutil.which("nsenter")
+    if not (ip and nsenter):
+        raise SandboxError("network 'open' with backend 'bubblewrap' needs ip (iproute2) and nsenter (util-linux) "
+                           "to keep the host's own addresses out of the sandbox's reach")
+    enter = [nsenter, f"--net=/proc/{pid}/ns/net"]
+    if os.geteuid() != 0:  # the namespace belongs to the sandbox's user namespace, which is ours
+        enter = [nsenter, f"--user=/proc/{pid}/ns/user", "--preserve-credentials", f"--net=/proc/{pid}/ns/net"]
+    batch = "".join(f"route add unreachable {address}/32\n" for address in addresses)
+    try:
+        done = subprocess.run(enter + [ip, "-batch", "-"], input=batch, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxError(f"could not keep the host's addresses out of the sandbox: {exc}") from None
+    if done.returncode != 0:
+        detail = " ".join(done.stderr.split())[-300:]
+        raise SandboxError(f"could not keep the host's addresses out of the sandbox: {detail or done.returncode}")
 
 
 def _sandbox_pid(info_r: int, sandbox: subprocess.Popen, seconds: float = 60) -> int:

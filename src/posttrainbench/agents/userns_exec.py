@@ -15,7 +15,8 @@ private results or home directory), and bubblewrap resolves mount sources as tha
 of this process only: the host sees nothing) onto a fresh tmpfs at /tmp, and bubblewrap is given
 those paths. What is given must itself be readable by the sandbox user (the workspace is its own).
 
-Supplementary groups are dropped (as root they include gid 0). The process limit (RLIMIT_NPROC, which
+Supplementary groups are dropped (as root they include gid 0). The sandbox is made the out-of-memory
+killer's first choice (``oom_score_adj`` 1000). The process limit (RLIMIT_NPROC, which
 counts threads) is set only after the namespace exists: the kernel then counts it per sandbox,
 against the sandbox's own user, instead of against every process of the host user.
 Standard library only; exits 125 with one line on stderr when the namespace cannot be made.
@@ -124,6 +125,19 @@ def _stage_binds(command: list[str]) -> list[str]:
     return staged
 
 
+OOM_SCORE_ADJ = 1000
+
+
+def _first_to_go_out_of_memory() -> None:
+    """Make the sandbox (every process it will start inherits this) the kernel's first choice when memory
+    runs out, so an agent that eats all memory is what gets killed, not the runner or the workflow."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass  # no /proc to write: the kernel's default choice (the largest process, usually the agent)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
@@ -148,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         os.setgroups([])
     if args.max_tasks:
         resource.setrlimit(resource.RLIMIT_NPROC, (args.max_tasks, args.max_tasks))
+    _first_to_go_out_of_memory()
     try:
         os.execvp(command[0], [command[0], "--userns", str(fd)] + command[1:])
     except OSError as exc:

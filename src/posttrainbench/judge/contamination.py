@@ -35,11 +35,11 @@ from . import decoding, files, ngrams
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = ("jsonl", "json", "csv", "tsv", "parquet", "arrow", "txt", "md", "py", "ipynb", "yaml", "yml")
-# Never scanned: the submitted weights and tokenizer. Installed libraries are skipped file by file, only where their
-# installer's RECORD vouches for them (installed_files), so a folder name hides nothing.
-SKIP_DIRS = ("final_model", "__pycache__", ".git")
-# Directory names the walk skips anywhere (listed in the evidence); ``final_model`` only at the top.
-SKIP_NAMES = {"__pycache__": "compiled Python", ".git": "git's object store"}
+# No folder is skipped by its name (a name hides nothing): compiled Python, git's object store (loose objects and
+# packs are decompressed) and the submitted checkpoint (its weights are recognised by content and skipped) are
+# scanned like anything else. Installed libraries are skipped file by file, only where their installer's RECORD
+# vouches for them (installed_files).
+SKIP_NAMES: dict[str, str] = {}
 
 
 # The part of a test item a model would be trained on, per benchmark (fields of the staged record). Answers, the
@@ -132,10 +132,9 @@ def data_files(root: Path, extensions: Iterable[str] | None = None, exclude: Ite
     """Every regular file under ``root`` (relative paths in ``exclude`` left out), found by the judge's bounded,
     symlink-safe walk (:func:`.files.walk`), and notes on what it listed or could not reach. Files are recognised
     by content when read, so ``extensions`` and ``max_bytes`` no longer select anything (the scan's bounds are
-    ``judge.scan``). The submitted checkpoint, compiled Python and git's object store are skipped and listed."""
+    ``judge.scan``). Nothing is skipped by its folder's name."""
     cov = files.active()
     skip = {rel: "the evaluation helper's own files, hash-checked" for rel in exclude}
-    skip["final_model"] = "the submitted checkpoint, checked on its own"
     found: list[Path] = []
     if root.is_dir() and not root.is_symlink():
         for ref in files.walk(root, label="workspace", skip_paths=skip, skip_names=SKIP_NAMES, libraries=False,
@@ -162,11 +161,13 @@ class Sightings:
     def add(self, index: ngrams.TestIndex, result: ngrams.ScanResult, locations: list[str],
             how: list[str] | None = None) -> None:
         grams = list(result.matched)
-        owners = index.owners_of_many([result.hash_of[g] for g in grams])
+        owners = index.owners_of_many([result.hash_of[g] for g in grams], with_form=True)
         for gram, gram_owners in zip(grams, owners):
             docs = result.matched[gram]
-            for owner in gram_owners:
+            for owner, form in gram_owners:
                 self.grams[owner].add(gram)
+                if form:
+                    self.decoded[owner].add(form)
                 spots = self.where[owner]
                 for d in docs:
                     if how is not None and how[d]:
@@ -228,11 +229,25 @@ def build_index(test_sets: dict[str, Path], allowed: dict[str, Path], n: int) ->
     return index, list(notes)
 
 
+_ROT13 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                       "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm")
+# Word-preserving rewrites of a test item that an agent could train a loader to undo: the index holds each item in
+# these forms too, so a copy stored so is matched without decoding every document (a match names the form).
+TRANSFORMS: dict[str, Any] = {
+    "rot13": lambda text: text.translate(_ROT13),
+    "reversed": lambda text: text[::-1],
+    "words-reversed": lambda text: " ".join(text.split()[::-1]),
+}
+
+
 def _build_index(test_sets: dict[str, Path], allowed: dict[str, Path], n: int) -> tuple[ngrams.TestIndex, list[str]]:
     index = ngrams.TestIndex(n=n)
     notes = []
     for name, path in sorted(test_sets.items()):
-        index.add_items(name, read_test_items(path, n, name))
+        items = read_test_items(path, n, name)
+        index.add_items(name, items)
+        for form, transform in TRANSFORMS.items():
+            index.add_items(name, ([transform(text) for text in fields] for fields in items), form=form)
     common = index.discard_common(MAX_ITEMS_PER_NGRAM)
     notes.append(f"{common} test {n}-gram(s) shared by more than {MAX_ITEMS_PER_NGRAM} items (boilerplate) ignored")
     for name, path in sorted(allowed.items()):
@@ -426,7 +441,7 @@ def check_contamination(*, workspace: Path, trace: Path | None, test_sets: dict[
         for owner, grams in seen.grams.items():
             total = index.item_ngrams.get(owner, 0)
             if owner not in skip and total and len(grams) / total >= min_ratio:
-                out[owner] = len(grams) / total
+                out[owner] = min(1.0, len(grams) / total)
         return out
 
     found = matched(workspace_seen)

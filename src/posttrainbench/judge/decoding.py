@@ -40,8 +40,52 @@ _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 # Between two pieces of one base64 payload: line breaks, quotes and "+" of concatenated string literals, "\n".
 _B64_GAP = re.compile(r"(?:\s|\\n|[\"'+,()])*")
 _HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){%d,}" % (MIN_RUN // 2))
+_B32_RUN = re.compile(r"[A-Z2-7]{%d,}={0,6}" % MIN_RUN)
+# A run of at least 8 words joined by one punctuation character instead of spaces ("what-is-the-sum-of").
+_JOINED = re.compile(r"[A-Za-z']+(?:[-_~+][A-Za-z']+){7,}")
+_JOINER = re.compile(r"(?<=[A-Za-z'])[-_~+](?=[A-Za-z'])")
+# Tokens that can only be base85 (RFC 1924: no quotes, commas, dots, slashes, colons or brackets, which code and
+# prose are full of) or Ascii85 (no letters v-z), 24+ characters.
+_B85_TOKEN = re.compile(r"(?<![!-~])[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]{" + str(MIN_RUN) + r",}(?![!-~])")
+_A85_TOKEN = re.compile(r"(?<![!-~])(?:<~)?[!-uz]{" + str(MIN_RUN) + r",}(?:~>)?(?![!-~])")
 _BYTE_LIST = re.compile(r"(?:\b(?:0x[0-9a-fA-F]{1,2}|[0-9]{1,3})\s*,\s*){%d,}(?:0x[0-9a-fA-F]{1,2}|[0-9]{1,3})\b"
                         % (MIN_TEXT - 1))
+
+
+_FOLD_TABLE: dict[int, str | None] | None = None
+# Letters of other scripts that look like Latin ones (the usual homoglyphs), folded to the Latin letter.
+_CONFUSABLES = {
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ɡ": "g", "ո": "n", "ս": "u", "ᴠ": "v",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "Х": "X", "І": "I", "Ј": "J", "Ѕ": "S", "У": "Y",
+    "α": "a", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+}
+
+
+def _fold_table() -> dict[int, str | None]:
+    """Invisible format characters (zero-width spaces and joiners, soft hyphens, BOMs: Unicode category Cf)
+    removed; homoglyphs folded to Latin."""
+    global _FOLD_TABLE
+    if _FOLD_TABLE is None:
+        import sys
+        import unicodedata
+
+        table: dict[int, str | None] = {c: None for c in range(sys.maxunicode + 1)
+                                         if unicodedata.category(chr(c)) == "Cf"}
+        table.update({ord(k): v for k, v in _CONFUSABLES.items()})
+        _FOLD_TABLE = table
+    return _FOLD_TABLE
+
+
+def fold(text: str) -> str:
+    """``text`` as it reads: compatibility forms (full-width letters, ligatures) normalised (NFKC), invisible
+    characters removed, homoglyphs folded to Latin."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", text).translate(_fold_table())
 
 
 def _unescape_match(match: re.Match) -> str:
@@ -160,6 +204,44 @@ class Decoder:
                     break
         return out
 
+    def _base32(self, text: str) -> list[tuple[str, str]]:
+        import base64
+        import binascii
+
+        out = []
+        for run in _B32_RUN.finditer(text):
+            blob = run.group().rstrip("=")
+            blob = blob[: len(blob) // 8 * 8] if len(blob) % 8 not in (0, 2, 4, 5, 7) else blob
+            try:
+                data = base64.b32decode(blob + "=" * (-len(blob) % 8))
+            except (binascii.Error, ValueError):
+                continue
+            decoded = self._payload(data, "base32")
+            if decoded is not None:
+                out.append(decoded)
+        return out
+
+    def _base85(self, text: str) -> list[tuple[str, str]]:
+        import base64
+
+        out = []
+        for pattern, how, decode in ((_B85_TOKEN, "base85", base64.b85decode),
+                                     (_A85_TOKEN, "ascii85", lambda t: base64.a85decode(t, adobe=t.startswith("<~")))):
+            for run in pattern.finditer(text):
+                token = run.group()
+                # An encoding's output mixes cases, digits and punctuation; a word or identifier does not.
+                if not (re.search(r"[0-9]", token) and re.search(r"[A-Z]", token) and re.search(r"[a-z]", token)
+                        and re.search(r"[^0-9A-Za-z]", token)):
+                    continue
+                try:
+                    data = decode(token)
+                except ValueError:
+                    continue
+                decoded = self._payload(data, how)
+                if decoded is not None:
+                    out.append(decoded)
+        return out
+
     def _hex(self, text: str) -> list[tuple[str, str]]:
         out = []
         for run in _HEX_RUN.finditer(text):
@@ -197,7 +279,15 @@ class Decoder:
             plain = unquote_plus(text) if " " not in text.strip() else unquote(text)
             if plain != text:
                 out.append((plain, "percent"))
-        for finder in (self._base64, self._hex, self._byte_list) if runs else ():
+        if not text.isascii():
+            plain = fold(text)
+            if plain != text:
+                out.append((plain, "unicode-fold"))
+        if runs and _JOINED.search(text):
+            out.append((_JOINED.sub(lambda m: _JOINER.sub(" ", m.group()), text), "joined-words"))
+        # Base85 and Ascii85 hold "%" and "&" (a trigger) in all but the shortest payloads, never long base64 runs.
+        for finder in (self._base64, self._base32, self._base85, self._hex, self._byte_list) if runs else \
+                ((self._base85,) if "%" in text or "&" in text else ()):
             pieces = finder(text)
             by_how: dict[str, list[str]] = {}
             for piece, how in pieces:
@@ -241,6 +331,10 @@ _TRIGGER = np.zeros(256, dtype=bool)
 _TRIGGER[[ord("\\"), ord("%"), ord("&")]] = True
 _B64_BYTES = np.zeros(256, dtype=bool)
 _B64_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-=")] = True
+# Lead bytes of Cyrillic and Greek letters (homoglyphs), of full-width forms and BOMs (0xEF), and 0xE2 (followed by
+# 0x80 or 0x81: zero-width spaces and joiners, word joiner) and 0xC2 0xAD (soft hyphen) are checked in place.
+_FOLD_LEADS = np.zeros(256, dtype=bool)
+_FOLD_LEADS[[0xCE, 0xCF, 0xD0, 0xD1, 0xD3, 0xD4, 0xEF]] = True
 _DIGIT_LIST = np.zeros(256, dtype=bool)
 _DIGIT_LIST[list(b"0123456789, x")] = True
 
@@ -261,7 +355,12 @@ def candidate_lines(buffer: bytes) -> tuple[np.ndarray, set[int]]:
         return empty, set()
     arr = np.frombuffer(buffer, dtype=np.uint8)
     runs = np.concatenate([_long_runs(_B64_BYTES[arr], MIN_RUN), _long_runs(_DIGIT_LIST[arr], 3 * MIN_TEXT)])
-    hits = np.concatenate([np.flatnonzero(_TRIGGER[arr]), runs])
+    e2 = np.flatnonzero(arr[:-2] == 0xE2)
+    e2 = e2[((arr[e2 + 1] == 0x80) & (arr[e2 + 2] >= 0x8B) & (arr[e2 + 2] <= 0x8F))
+            | ((arr[e2 + 1] == 0x81) & (arr[e2 + 2] >= 0xA0) & (arr[e2 + 2] <= 0xAF))]
+    c2 = np.flatnonzero(arr[:-1] == 0xC2)
+    fold_hits = np.concatenate([np.flatnonzero(_FOLD_LEADS[arr]), e2, c2[arr[c2 + 1] == 0xAD]])
+    hits = np.concatenate([np.flatnonzero(_TRIGGER[arr]), runs, fold_hits])
     if not len(hits):
         return empty, set()
     newlines = np.flatnonzero(arr == 10)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
+import numpy as np
+
 CHUNK = 1 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in after the lstat must not block the reader.
@@ -401,12 +403,35 @@ def walk(root: Path, *, label: str = "", inside: Path | None = None, skip_paths:
                 if reason:
                     cov.skip(reason, where(here), st.st_size)
                     continue
+                if parts and parts[-1] == "__pycache__" and _compiled_with_source(stack[-2][0] if len(stack) > 1
+                                                                                  else None, dir_fd, name):
+                    cov.skip("compiled Python (its source is scanned)", where(here), st.st_size)
+                    continue
                 yield FileRef(Path(root), here, st.st_size, label)
             else:
                 cov.special.add(f"{where(here)} ({_kind_word(st.st_mode)})")
     finally:
         for dir_fd, *_ in stack:
             os.close(dir_fd)
+
+
+def _compiled_with_source(parent_fd: int | None, cache_fd: int, name: str) -> bool:
+    """``__pycache__/NAME.TAG.pyc`` that starts as compiled Python does and whose source ``NAME.py`` is a regular
+    file next to the ``__pycache__`` folder (scanned in its own right). A compiled file without its source, or
+    anything else in a ``__pycache__`` folder, is read."""
+    stem = name.split(".", 1)[0]
+    if parent_fd is None or not name.endswith(".pyc") or not stem:
+        return False
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=cache_fd)
+        try:
+            head = os.pread(fd, 4, 0)
+        finally:
+            os.close(fd)
+        source = os.stat(stem + ".py", dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return head[2:4] == b"\r\n" and stat.S_ISREG(source.st_mode)
 
 
 def _exists(dir_fd: int, name: str) -> bool:
@@ -446,6 +471,14 @@ def sniff(head: bytes, size: int | None = None) -> str:
         return "weights"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(b"PACK\x00\x00\x00") and head[7:8] in (b"\x02", b"\x03"):
+        return "gitpack"
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0:
+        try:  # a raw zlib stream (git's loose objects): only when its start really decompresses
+            zlib.decompressobj().decompress(head, 64)
+            return "zlib"
+        except zlib.error:
+            pass
     if len(head) >= 9 and head[8:9] == b"{":
         (n,) = struct.unpack("<Q", head[:8])
         if size is None or 8 + n <= size:
@@ -605,12 +638,12 @@ def _dispatch(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[An
     b = cov.bounds
     kind_ = sniff(blob.head, blob.size)
     if kind_ == "weights":
-        cov.skip("weights (safetensors, GGUF)", blob.where, blob.size or 0)
+        yield from _weights(blob, cov, mode, prefix, "weights (safetensors, GGUF)")
         return
     if kind_ == "npy":
         yield from _npy(blob, cov, mode, prefix)
         return
-    if kind_ in ("zip", "gzip", "bz2", "xz", "zstd", "tar") and blob.depth >= b.max_archive_depth:
+    if kind_ in ("zip", "gzip", "bz2", "xz", "zstd", "tar", "zlib", "gitpack") and blob.depth >= b.max_archive_depth:
         cov.unread(blob.where, f"{kind_} nested deeper than {b.max_archive_depth} archives (judge.scan."
                                f"max_archive_depth)")
         return
@@ -619,8 +652,10 @@ def _dispatch(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[An
     elif kind_ == "tar":
         yield from _tar(blob.seekable() if blob.size is not None and blob.depth == 0 else
                         io.BufferedReader(_ChunkReader(blob.chunks())), blob, cov, mode, prefix)
-    elif kind_ in ("gzip", "bz2", "xz", "zstd"):
+    elif kind_ in ("gzip", "bz2", "xz", "zstd", "zlib"):
         yield from _compressed(kind_, blob, cov, mode, prefix)
+    elif kind_ == "gitpack":
+        yield from _gitpack(blob, cov, mode, prefix)
     elif kind_ in ("parquet", "arrow", "arrow-stream"):
         if mode == "documents":
             yield from _table(kind_, blob, cov, prefix)
@@ -741,6 +776,8 @@ def _compressed(kind_: str, blob: _Blob, cov: Coverage, mode: str, prefix: str) 
         stream = bz2.BZ2File(raw)
     elif kind_ == "xz":
         stream = lzma.LZMAFile(raw)
+    elif kind_ == "zlib":
+        stream = _ZlibReader(raw)
     else:
         try:
             import zstandard
@@ -785,8 +822,8 @@ def _table(kind_: str, blob: _Blob, cov: Coverage, prefix: str) -> Iterator[Docu
             row += 1
             if row > b.max_table_rows:
                 raise BoundReached(f"more than {b.max_table_rows} rows (judge.scan.max_table_rows)")
-            for s in json_strings(record):
-                yield s, _loc(prefix, row)
+            for text in record_texts(record):
+                yield text, _loc(prefix, row)
 
 
 def _npy(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[Any]:
@@ -794,7 +831,11 @@ def _npy(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[Any]:
     head = blob.head
     header_len = struct.unpack("<H", head[8:10])[0] if head[6:7] == b"\x01" else struct.unpack("<I", head[8:12])[0]
     header = head[10 if head[6:7] == b"\x01" else 12:][:header_len].decode("latin-1", "replace")
-    match = re.search(r"'descr':\s*'([<>|=]?)([a-zA-Z])", header)
+    match = re.search(r"'descr':\s*'([<>|=]?)([a-zA-Z])([0-9]*)", header)
+    # Bytes (S, V, one-byte integers), booleans and pickled objects (O) hold text as it is: read as text.
+    if match and (match.group(2) in "SVOb?" or match.group(2) in "iu" and match.group(3) == "1"):
+        yield from _text(blob, cov, mode, prefix)
+        return
     if match and match.group(2) == "U":
         encoding = "utf-32-be" if match.group(1) == ">" else "utf-32-le"
         skip = (10 if head[6:7] == b"\x01" else 12) + header_len
@@ -811,9 +852,163 @@ def _npy(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[Any]:
         yield from _text(_Blob(blob.where, blob.size, chunks, blob.seekable, b"", blob.name, blob.depth,
                                blob.expand_left), cov, mode, prefix, encoding=encoding)
         return
-    cov.skip("weights (numeric arrays)", blob.where, blob.size or 0)
+    yield from _weights(blob, cov, mode, prefix, "weights (numeric arrays)")
 
 
+# Weights are skipped, but only where they look like weights: every WINDOW_STRIDE bytes a WINDOW of the file is
+# sampled, and a stretch whose sample looks like text (a text file behind a weights header, a text "tensor") is read.
+WINDOW = 4096
+WINDOW_STRIDE = 256 << 10
+_PRINTABLE = np.zeros(256, dtype=bool)
+_PRINTABLE[[9, 10, 13, *range(32, 127)]] = True
+_LETTER = np.zeros(256, dtype=bool)
+_LETTER[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ")] = True
+
+
+def looks_like_text(sample: bytes) -> bool:
+    """Mostly printable ASCII and mostly letters and spaces: text, not numbers (random bytes are about 37%
+    printable, 20% letters; float and quantized weights less)."""
+    arr = np.frombuffer(sample, dtype=np.uint8)
+    arr = arr[arr != 0]  # NUL padding says nothing
+    if len(arr) < 64:
+        return False
+    return bool(_PRINTABLE[arr].mean() >= 0.9 and _LETTER[arr].mean() >= 0.6)
+
+
+def _text_stretches(read_at: Callable[[int, int], bytes], size: int) -> list[tuple[int, int]]:
+    """(start, end) of the stretches of a file whose sampled windows look like text, each widened by a stride on
+    both sides (text that starts or ends between two samples)."""
+    starts = list(range(0, size, WINDOW_STRIDE))
+    if size > WINDOW:
+        starts.append(size - WINDOW)
+    hits = [start for start in starts if looks_like_text(read_at(start, WINDOW))]
+    spans: list[tuple[int, int]] = []
+    for start in hits:
+        lo, hi = max(0, start - WINDOW_STRIDE), min(size, start + WINDOW + WINDOW_STRIDE)
+        if spans and lo <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], hi))
+        else:
+            spans.append((lo, hi))
+    return spans
+
+
+def _weights(blob: _Blob, cov: Coverage, mode: str, prefix: str, reason: str) -> Iterator[Any]:
+    """A file that says it is weights (safetensors, GGUF, a numeric array): skipped and listed, except the stretches
+    of it that look like text (a weights header in front of a text file, text stored as a tensor), which are
+    read as text. Inside an archive (no cheap random access) every chunk is looked at."""
+    if blob.depth == 0 and blob.size is not None:
+        handle = blob.seekable()
+        fd = handle.fileno()
+
+        def read_at(offset: int, n: int) -> bytes:
+            data = os.pread(fd, n, offset)
+            cov.charge(len(data))
+            return data
+
+        spans = _text_stretches(read_at, blob.size)
+
+        def chunks() -> Iterator[bytes]:
+            for lo, hi in spans:
+                pos = lo
+                while pos < hi:
+                    data = read_at(pos, min(CHUNK, hi - pos))
+                    if not data:
+                        break
+                    yield data
+                    pos += len(data)
+                yield b"\n"
+    else:
+        spans, pending = [], []
+        for chunk in blob.chunks():
+            if any(looks_like_text(chunk[i:i + WINDOW]) for i in range(0, len(chunk), WINDOW_STRIDE)):
+                pending.append(chunk)
+                spans.append((0, len(chunk)))
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in pending:
+                yield chunk
+                yield b"\n"
+    if not spans:
+        cov.skip(reason, blob.where, blob.size or 0)
+        return
+    cov.skip(reason + ", text stretches read", blob.where, blob.size or 0)
+    yield from _text(_Blob(blob.where, blob.size, chunks, blob.seekable, b"", blob.name, blob.depth,
+                           blob.expand_left), cov, mode, prefix, encoding="utf-8")
+
+
+class _ZlibReader(io.RawIOBase):
+    """A raw zlib stream (a git loose object) as a readable stream of its decompressed bytes."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.state, self.buffer = raw, zlib.decompressobj(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.buffer:
+            if self.state.unconsumed_tail:
+                self.buffer = self.state.decompress(self.state.unconsumed_tail, CHUNK)
+                continue
+            if self.state.eof:
+                return 0
+            data = self.raw.read(CHUNK)
+            self.buffer = self.state.decompress(data, CHUNK) if data else self.state.flush()
+            if not data and not self.buffer:
+                return 0
+        n = min(len(buffer), len(self.buffer))
+        buffer[:n], self.buffer = self.buffer[:n], self.buffer[n:]
+        return n
+
+
+def _gitpack(blob: _Blob, cov: Coverage, mode: str, prefix: str) -> Iterator[Any]:
+    """A git pack file: every object's zlib stream decompressed (whole blobs, and the inserted text of deltas),
+    one object after another, read as text."""
+    raw = io.BufferedReader(_ChunkReader(blob.chunks()), CHUNK)
+    header = raw.read(12)
+    count = struct.unpack(">I", header[8:12])[0]
+
+    def objects() -> Iterator[bytes]:
+        for _ in range(count):
+            first = raw.read(1)
+            if not first:
+                return
+            kind_, byte = (first[0] >> 4) & 7, first[0]
+            while byte & 0x80:  # the size, as a varint
+                byte = raw.read(1)[0]
+            if kind_ == 6:  # offset delta: a varint offset
+                byte = raw.read(1)[0]
+                while byte & 0x80:
+                    byte = raw.read(1)[0]
+            elif kind_ == 7:  # reference delta: the base's 20-byte name
+                raw.read(20)
+            state = zlib.decompressobj()
+            while not state.eof:
+                data = raw.peek(CHUNK)[:CHUNK]
+                if not data:
+                    return
+                out = state.decompress(data, CHUNK)
+                raw.read(len(data) - len(state.unused_data) - len(state.unconsumed_tail))
+                while True:
+                    if out:
+                        blob.expand_left[0] -= len(out)
+                        if blob.expand_left[0] < 0:
+                            raise BoundReached(f"{blob.where} expands past its budget (judge.scan.max_expanded_gib)")
+                        yield out
+                    if not state.unconsumed_tail:
+                        break
+                    tail = state.unconsumed_tail
+                    out = state.decompress(tail, CHUNK)
+                    raw.read(len(tail) - len(state.unused_data) - len(state.unconsumed_tail))
+            yield b"\n"
+
+    yield from _text(_Blob(blob.where, None, objects, blob.seekable, b"", blob.name, blob.depth + 1,
+                           blob.expand_left), cov, mode, prefix, encoding="utf-8")
+
+
+# A paragraph of fewer words (too few for an n-gram) is merged with the next one.
+MIN_PARAGRAPH_WORDS = 16
+MIN_PARAGRAPH_CHARS = 2000
 _CONTROL_RUN = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]+")
 _NUL_RUN = re.compile(r"\x00+")
 
@@ -822,6 +1017,8 @@ def _encoding(sample: bytes) -> str:
     """UTF-16 by its BOM or its byte pattern (ASCII text with a NUL in every other byte); else UTF-8."""
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
     squeezed = re.sub(rb"\x00{16,}", b"", sample)[:4096]
@@ -912,6 +1109,28 @@ def json_strings(value: Any, max_nodes: int = 10_000_000) -> Iterator[str]:
             stack.extend(reversed(item))
 
 
+def _joined(strings: Iterable[str], max_chars: int = 1 << 20) -> Iterator[str]:
+    """Strings joined by spaces into documents of up to about ``max_chars``: the fields of one record read as one
+    text, so an item split across fields, cells or list entries keeps its n-grams (a joined n-gram that is not
+    test text matches nothing, so joining never makes a false match)."""
+    held: list[str] = []
+    size = 0
+    for text in strings:
+        held.append(text)
+        size += len(text) + 1
+        if size >= max_chars:
+            yield " ".join(held)
+            held, size = [], 0
+    if held:
+        yield " ".join(held)
+
+
+def record_texts(record: Any) -> Iterator[str]:
+    """The strings of one JSON record (a JSON Lines line, a table row, an entry of a top-level list) as
+    documents: joined (:func:`_joined`)."""
+    return _joined(json_strings(record))
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -943,8 +1162,9 @@ def _json_documents(lines: Iterator[str], blob: _Blob, cov: Coverage, prefix: st
         held = list(lines)
         value = _json_value("".join(held))
         if value is not None:
-            for s in json_strings(value):
-                yield s, _loc(prefix, 1)
+            for number, record in enumerate(value if isinstance(value, list) else [value], 1):
+                for text in record_texts(record):
+                    yield text, _loc(prefix, f"record {number}" if isinstance(value, list) else 1)
             return
     for number, line in enumerate(_chain_str(held, lines), 1):
         stripped = line.strip()
@@ -954,8 +1174,8 @@ def _json_documents(lines: Iterator[str], blob: _Blob, cov: Coverage, prefix: st
         if value is None:
             yield _unescape(stripped), _loc(prefix, number)
             continue
-        for s in json_strings(value):
-            yield s, _loc(prefix, number)
+        for text in record_texts(value):
+            yield text, _loc(prefix, number)
 
 
 def _chain_str(first: list[str], rest: Iterator[str]) -> Iterator[str]:
@@ -969,8 +1189,8 @@ def _csv_documents(lines: Iterator[str], delimiter: str, prefix: str) -> Iterato
     try:
         for row in reader:
             held.clear()
-            for cell in row:
-                yield cell, _loc(prefix, reader.line_num)
+            for text in _joined(row):
+                yield text, _loc(prefix, reader.line_num)
     except csv.Error:  # a field past the csv module's limit, or not CSV after all: the rest as text
         yield from _paragraphs(_chain_str(list(held), lines), prefix, 1 << 20, start=reader.line_num)
 
@@ -982,7 +1202,8 @@ def _keep(lines: Iterator[str], held: list[str]) -> Iterator[str]:
 
 
 def _paragraphs(lines: Iterable[str], prefix: str, max_chars: int, start: int = 0) -> Iterator[Document]:
-    """Plain text: paragraphs (blank-line separated) are documents, so code and prose keep their n-grams."""
+    """Plain text: paragraphs (blank-line separated) are documents, so code and prose keep their n-grams; short
+    paragraphs are merged with the next (text spread one word or phrase per paragraph stays one text)."""
     first, held, size = 1, [], 0
     for number, line in enumerate(lines, start + 1):
         line = _unescape(line)
@@ -994,8 +1215,10 @@ def _paragraphs(lines: Iterable[str], prefix: str, max_chars: int, start: int = 
             if size >= max_chars:
                 yield "".join(held), _loc(prefix, first)
                 held, size = [], 0
-        elif held:
+        elif held and (size >= MIN_PARAGRAPH_CHARS or sum(h.count(" ") for h in held) >= MIN_PARAGRAPH_WORDS):
             yield "".join(held), _loc(prefix, first)
             held, size = [], 0
+        elif held:
+            held.append("\n")
     if held:
         yield "".join(held), _loc(prefix, first)

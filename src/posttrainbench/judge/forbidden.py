@@ -44,7 +44,8 @@ MAX_ARCHIVE_BYTES = 64 << 20
 NOT_CODE_CONTENT = ("weights", "npy", "parquet", "arrow", "arrow-stream")
 MAX_TRACE_LINE_BYTES = 1 << 20
 _ENV_HINT = re.compile(r"BASE_URL|API_BASE|ENDPOINT|API_URL")
-MAX_FILES = 20000
+MAX_FILES = 200_000
+MAX_HELD_BYTES = 2 << 30  # code text held for parsing at once
 PYTHON_EXTENSIONS = ("py", "pyw", "pyi")
 SHELL_EXTENSIONS = ("sh", "bash", "zsh", "ksh")
 JS_EXTENSIONS = ("js", "mjs", "cjs", "ts", "mts", "cts", "jsx", "tsx")
@@ -58,7 +59,18 @@ _NEVER_SCANNED = frozenset({"final_model", "__pycache__", ".git"})
 # This check does not skip them by name; it verifies installed files against their record instead.
 SKIP_DIRS = ("final_model", "site-packages", "dist-packages", "node_modules", "__pycache__", ".git", ".cache",
              ".venv", "venv", ".npm")
+# A URL whose host is an IP address and whose path is a model API's (chat, completions, messages, responses,
+# embeddings, Gemini's generateContent).
+_IP_API_URL = re.compile(r"(?i)\bhttps?://\[?([0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-f]*:[0-9a-f:]+)\]?(?::[0-9]+)?"
+                         r"/[^\s'\"]*?(?:chat/completions|/completions|/messages|/responses|/embeddings|"
+                         r":generateContent|:streamGenerateContent)\b")
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", "host.docker.internal")
+
+
+_DYNAMIC_IMPORT = frozenset({"importlib.import_module", "__import__", "builtins.__import__",
+                             "importlib.__import__"})
+# Functions that run a string as code.
+_RUNS_CODE = frozenset({"exec", "eval", "compile", "builtins.exec", "builtins.eval", "builtins.compile"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ CLIENTS: dict[str, Client] = {
     "litellm.atext_completion": _LITELLM, "litellm.embedding": _LITELLM, "litellm.responses": _LITELLM,
     "litellm.batch_completion": _LITELLM,
 }
+_SDK_ROOTS = frozenset(name.split(".")[0] for name in CLIENTS)
 # The openai module's own client (``openai.chat.completions.create(...)``), configured by module attributes.
 _OPENAI_MODULE_CALL = re.compile(r"openai\.(?:chat|completions|responses|embeddings|beta|images|audio|moderations|"
                                  r"ChatCompletion|Completion|Embedding)\b.*\.(?:create|parse|stream)\Z")
@@ -169,12 +182,21 @@ class Policy:
         return any(fnmatch.fnmatch(host, p) for p in self.hosted) and not self.exempt_host(host)
 
     def hosted_in(self, text: str) -> str | None:
-        """The first hosted API host named in ``text`` and not exempt."""
+        """The first hosted API host named in ``text`` and not exempt; or a public IP address in a URL to a
+        model API's path (a hosted API reached by address, its name hidden)."""
         if self.host_regex is None or "." not in text:
             return None
         for match in self.host_regex.finditer(text):
             if not self.exempt_host(match.group(1).lower()):
                 return match.group(1).lower()
+        if "://" in text:
+            for match in _IP_API_URL.finditer(text):
+                try:
+                    address = ipaddress.ip_address(match.group(1))
+                except ValueError:
+                    continue
+                if address.is_global and not self.exempt_host(match.group(1)):
+                    return match.group(1)
         return None
 
 
@@ -248,9 +270,42 @@ class _PythonModule:
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
                 self.docstrings.add(id(node.value))
 
+    def object_name(self, node: ast.AST, depth: int = 0) -> str | None:
+        """The dotted name of the module, class or function ``node`` evaluates to, through imports made at run
+        time (``importlib.import_module``, ``__import__``, ``sys.modules[...]``) and ``getattr`` with a name that
+        resolves statically (``getattr(m, "Open" + "AI")``); None when unknown."""
+        if depth > 6:
+            return None
+        dotted = _dotted(node)
+        if dotted is not None:
+            return self.qualify(dotted)
+        if isinstance(node, ast.Attribute):
+            owner = self.object_name(node.value, depth + 1)
+            return f"{owner}.{node.attr}" if owner else None
+        if isinstance(node, ast.Call) and node.args:
+            func = self.object_name(node.func, depth + 1) or ""
+            if func in _DYNAMIC_IMPORT:
+                names = self.strings(node.args[0], depth + 1)
+                return names[0] if names and len(set(names)) == 1 else None
+            if func in ("getattr", "builtins.getattr") and len(node.args) >= 2:
+                owner = self.object_name(node.args[0], depth + 1)
+                attrs = self.strings(node.args[1], depth + 1)
+                if owner and attrs and len(set(attrs)) == 1:
+                    return f"{owner}.{attrs[0]}"
+        if isinstance(node, ast.Subscript) and (self.object_name(node.value, depth + 1) or "") == "sys.modules":
+            names = self.strings(node.slice, depth + 1)
+            return names[0] if names and len(set(names)) == 1 else None
+        return None
+
     def _assign(self, target: ast.AST, value: ast.AST) -> None:
         if isinstance(target, ast.Name):
             self.assigned.setdefault(target.id, []).append(value)
+            # A module or class bound at run time: ``m = importlib.import_module("op" + "enai")``,
+            # ``C = getattr(m, "OpenAI")``, ``C = openai.OpenAI``.
+            if isinstance(value, (ast.Call, ast.Subscript, ast.Attribute)):
+                bound = self.object_name(value)
+                if bound and bound.split(".")[0] in _SDK_ROOTS:
+                    self.aliases[target.id] = bound
         elif isinstance(target, ast.Attribute):
             owner = _dotted(target.value)
             if owner:
@@ -465,13 +520,38 @@ def _classify(values: list[str], policy: Policy) -> tuple[str, str]:
     return "local", hosts[0] if hosts else ""
 
 
+MAX_CODE_NESTING = 3
+
+
+def _decoded_strings(tree: ast.Module) -> Iterator[tuple[int, str, str]]:
+    """(line, decoded text, how) for every string literal of ``tree`` that decodes (base64, hex, compressed...)
+    to text: code or a URL hidden from a reader."""
+    from .decoding import MIN_RUN, Decoder
+
+    decoder = Decoder(max_total_bytes=16 << 20)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and len(node.value) >= MIN_RUN:
+            value = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
+            for text, how in decoder.variants(value[:1 << 20]):
+                if how != "unescape":
+                    yield getattr(node, "lineno", 1), text, how
+
+
 def python_findings(source: str, label: str, policy: Policy, env: dict[str, list[str]], out: Findings,
-                    line_offset: int = 0) -> bool:
-    """Analyse Python ``source``; False when it does not parse."""
+                    line_offset: int = 0, depth: int = 0) -> bool:
+    """Analyse Python ``source`` (and code it runs from strings, or hides encoded in literals, to
+    ``MAX_CODE_NESTING`` levels); False when it does not parse."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
+    if depth < MAX_CODE_NESTING:
+        for line, text, how in _decoded_strings(tree):
+            where = f"{label}:{line + line_offset} (decoded: {how})"
+            host = policy.hosted_in(text)
+            if host:
+                out.add(where, "hosted API host in code", text, host=host)
+            python_findings(text, where, policy, env, out, depth=depth + 1)
     try:
         module = _PythonModule(tree, env)
         bound: dict[int, str] = {}
@@ -497,9 +577,14 @@ def python_findings(source: str, label: str, policy: Policy, env: dict[str, list
             if not isinstance(node, ast.Call):
                 continue
             dotted = _dotted(node.func)
-            if not dotted:
+            name = module.qualify(dotted) if dotted else module.object_name(node.func)
+            if not name:
                 continue
-            name = module.qualify(dotted)
+            dotted = dotted or name
+            if name in _RUNS_CODE and node.args and depth < MAX_CODE_NESTING:
+                for code in module.strings(node.args[0]) or []:
+                    python_findings(code, f"{label}:{node.lineno + line_offset} (run as code)", policy, env, out,
+                                    depth=depth + 1)
             client = CLIENTS.get(name)
             if client is None and _OPENAI_MODULE_CALL.match(name):
                 client, name = Client(("base_url",), ("OPENAI_BASE_URL", "OPENAI_API_BASE"), "api.openai.com"), \
@@ -653,7 +738,7 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
     if not workspace.is_dir():
         return [], notes
     npm: set[str] = set()
-    wheels = 0
+    wheels = held = 0
     for entry in walk.iter(workspace):
         parts = entry.relative.split("/")
         if not stat.S_ISREG(entry.st.st_mode) or any(p in _NEVER_SCANNED for p in parts[:-1]):
@@ -698,8 +783,13 @@ def code_files(workspace: Path, skip: set[str]) -> tuple[list[tuple[str, str, st
         kind = _kind_of_file(entry.name, data[:4096])
         if kind is not None:
             candidates.append((entry.relative, kind, data.decode("utf-8", errors="replace")))
-        if len(candidates) >= MAX_FILES:
-            notes.append(f"more than {MAX_FILES} code files: the rest not scanned")
+            held += len(data)
+        if len(candidates) >= MAX_FILES or held > MAX_HELD_BYTES:
+            # Flooding the workspace with code-like files must not hide the one that calls a hosted API.
+            why = (f"more than {MAX_FILES} code-like files or {MAX_HELD_BYTES >> 20} MiB of them: the rest not "
+                   f"scanned")
+            notes.append(why)
+            cov.unread(f"workspace/{entry.relative}", why)
             break
     if wheels:
         notes.append(f"{wheels} wheel archive(s) (a *.dist-info/RECORD inside) not opened: built libraries")

@@ -181,6 +181,7 @@ class TestIndex:
         self.n = n
         self.bitmap_bits = bitmap_bits
         self.items: list[tuple[str, int]] = []  # global item id -> (source, index within the source)
+        self.forms: list[str] = []  # global item id -> the rewrite of the item it holds ("" for the item itself)
         self._parts: list[tuple[bytes, Words]] = []  # normalised test text and its words, per source
         self._hashes: list[np.ndarray] = []
         self._item: list[np.ndarray] = []
@@ -188,11 +189,14 @@ class TestIndex:
         self._dropped: list[np.ndarray] = []
         self._frozen: FrozenIndex | None = None
 
-    def add_items(self, source: str, items: Iterable[Iterable[str]]) -> None:
+    def add_items(self, source: str, items: Iterable[Iterable[str]], form: str = "") -> None:
+        """Add a source's items; with ``form``, a rewritten copy of items already added (same indices): its
+        n-grams count for the original item, and a match records the form."""
         fields, field_item = [], []
         for idx, item_fields in enumerate(items):
             gid = len(self.items)
             self.items.append((source, idx))
+            self.forms.append(form)
             for text in item_fields:
                 fields.append(text)
                 field_item.append(gid)
@@ -240,18 +244,24 @@ class TestIndex:
         """Distinct n-grams per item (after allowed data was discarded)."""
         frozen = self.freeze()
         if frozen.item_ngrams is None:
-            frozen.item_ngrams = {self.items[i]: int(c) for i, c in enumerate(frozen.item_counts.tolist()) if c}
+            # An item's own form counts; its rewritten copies have as many n-grams (word-preserving rewrites).
+            frozen.item_ngrams = {self.items[i]: int(c) for i, c in enumerate(frozen.item_counts.tolist())
+                                  if c and not self.forms[i]}
         return frozen.item_ngrams
 
     def owners_of(self, gram_hash: int) -> list[tuple[str, int]]:
         """The (source, index) of every test item holding the n-gram with this hash."""
         return self.owners_of_many([gram_hash])[0]
 
-    def owners_of_many(self, gram_hashes: list[int]) -> list[list[tuple[str, int]]]:
+    def owners_of_many(self, gram_hashes: list[int], with_form: bool = False) -> list[list]:
+        """The owners of each hash; ``with_form``: as ``(owner, form)`` pairs (the rewrite that holds it)."""
         frozen = self.freeze()
         keys = np.array(gram_hashes, dtype=np.uint64)
         lows = np.searchsorted(frozen.occ_hash, keys, side="left").tolist()
         highs = np.searchsorted(frozen.occ_hash, keys, side="right").tolist()
+        if with_form:
+            return [[(self.items[i], self.forms[i]) for i in sorted(set(frozen.occ_item[lo:hi].tolist()))]
+                    for lo, hi in zip(lows, highs)]
         return [[self.items[i] for i in sorted(set(frozen.occ_item[lo:hi].tolist()))] for lo, hi in zip(lows, highs)]
 
 
