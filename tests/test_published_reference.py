@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("PTB_SHARED", ROOT.parent / "shared")) / "reference" / "posttrainbench"
+# The published figures, kept with the tests (tests/data/published/README.md says what they are).
+REFERENCE = ROOT / "tests" / "data" / "published"
 PUBLISHED = yaml.safe_load((ROOT / "config" / "posttrainbench.yaml").read_text())
 
 # Published model names -> this project's model keys, from the published config itself.
