@@ -123,6 +123,20 @@ def root_only_system_file():
     path.unlink(missing_ok=True)
 
 
+def _answer_every_client(server: socket.socket, reply: bytes) -> None:
+    """Send ``reply`` to every client of the listening ``server`` (in a daemon thread, until it is closed)."""
+    def serve():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            client.sendall(reply)
+            client.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
 @pytest.fixture
 def abstract_socket():
     """A listener in the host's abstract Unix socket namespace (X11, D-Bus, containerd use these)."""
@@ -130,17 +144,7 @@ def abstract_socket():
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind("\0" + name)
     server.listen(8)
-
-    def serve():
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            client.sendall(b"host-abstract-secret")
-            client.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    _answer_every_client(server, b"host-abstract-secret")
     yield name
     server.close()
 
@@ -241,17 +245,7 @@ def host_wide_service():
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("0.0.0.0", 0))
     server.listen(8)
-
-    def serve():
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            client.sendall(b"host-wide-secret")
-            client.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    _answer_every_client(server, b"host-wide-secret")
     yield server.getsockname()[1], host_addresses()
     server.close()
 

@@ -34,7 +34,6 @@ from . import decoding, files, ngrams
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXTENSIONS = ("jsonl", "json", "csv", "tsv", "parquet", "arrow", "txt", "md", "py", "ipynb", "yaml", "yml")
 # No folder is skipped by its name (a name hides nothing): compiled Python, git's object store (loose objects and
 # packs are decompressed) and the submitted checkpoint (its weights are recognised by content and skipped) are
 # scanned like anything else. Installed libraries are skipped file by file, only where their installer's RECORD
@@ -127,12 +126,11 @@ def file_documents(path: Path) -> Iterator[tuple[str, Any]]:
     return files.documents(getattr(path, "ref", None) or path)
 
 
-def data_files(root: Path, extensions: Iterable[str] | None = None, exclude: Iterable[str] = (),
-               max_bytes: int | None = None) -> tuple[list[Path], list[str]]:
+def data_files(root: Path, exclude: Iterable[str] = ()) -> tuple[list[Path], list[str]]:
     """Every regular file under ``root`` (relative paths in ``exclude`` left out), found by the judge's bounded,
     symlink-safe walk (:func:`.files.walk`), and notes on what it listed or could not reach. Files are recognised
-    by content when read, so ``extensions`` and ``max_bytes`` no longer select anything (the scan's bounds are
-    ``judge.scan``). Nothing is skipped by its folder's name."""
+    by content when read, whatever their name or size (the scan's bounds are ``judge.scan``). Nothing is skipped
+    by its folder's name."""
     cov = files.active()
     skip = {rel: "the evaluation helper's own files, hash-checked" for rel in exclude}
     found: list[Path] = []
@@ -407,8 +405,7 @@ def check_contamination(*, workspace: Path, trace: Path | None, test_sets: dict[
     index, notes = build_index(test_sets, allowed, n)
     shown = shown_items(test_sets.get(benchmark or ""), helper_manifest, benchmark)
     pristine = pristine_helper_files(workspace, helper_manifest, helper_files)
-    files, skipped = data_files(workspace, settings.get("extensions", DEFAULT_EXTENSIONS), pristine,
-                                int(settings.get("max_file_mib", 4096)) << 20)
+    files, skipped = data_files(workspace, pristine)
     notes += skipped
     installed, fake = installed_files(workspace, files, notes)
     if fake:
