@@ -679,13 +679,13 @@ def _first_to_go_out_of_memory(pid: int) -> None:
 
 def _group_members(pgid: int) -> list[int]:
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = stat_file.read_text().rpartition(")")[2].split()
         except OSError:
             continue
         if int(fields[2]) == pgid:  # after "pid (comm)": state, ppid, pgrp
-            members.append(int(stat.parent.name))
+            members.append(int(stat_file.parent.name))
     return members
 
 

@@ -334,7 +334,6 @@ def walk(root: Path, *, label: str = "", inside: Path | None = None, skip_paths:
         return f"{label}/{rel}" if label else rel
 
     def push(dir_fd: int, parts: tuple[str, ...]) -> None:
-        nonlocal entries
         names: list[str] = []
         try:
             with os.scandir(dir_fd) as listing:
