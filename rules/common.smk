@@ -63,9 +63,19 @@ def model_source(model, variant):
 
 
 def benchmark_staging(wildcards):
-    """Where a test set is staged from and which subset is kept (evaluation.per_benchmark)."""
+    """Where a test set is staged from (evaluation.per_benchmark.<benchmark>.source)."""
     settings = config["evaluation"]["per_benchmark"].get(wildcards.benchmark, {})
-    return {key: settings[key] for key in ("source", "subset") if key in settings}
+    return {key: settings[key] for key in ("source",) if key in settings}
+
+
+TEMPLATES_STAGED = "resources/templates/staged.json"
+
+
+def template_inputs(wildcards):
+    """The staged published chat templates, when evaluation uses them."""
+    if config["evaluation"]["templates"]["use"] == "published":
+        return {"templates": TEMPLATES_STAGED}
+    return {}
 
 
 def agent_inputs(wildcards):
@@ -86,9 +96,13 @@ def agent_inputs(wildcards):
 
 def evaluation_prompting(wildcards):
     """How a cell's checkpoint is prompted: its agent's protocol and its model's template family."""
+    spec = agent_spec(config, wildcards.agent)
     return {
-        "prompting": agent_spec(config, wildcards.agent).get("prompting", "chat"),
+        "prompting": spec.get("prompting", "chat"),
         "family": config["models"][wildcards.model]["family"],
+        # Reference rows get one attempt, as published.
+        "reference": spec["type"] == "builtin"
+        and spec.get("recipe") in ("base", "instruct"),
     }
 
 

@@ -11,6 +11,7 @@ GRADED = r"arenahardwriting|healthbench"
 
 rule evaluate:
     input:
+        unpack(template_inputs),
         run="results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json",
         test="resources/benchmarks/{benchmark}/test.jsonl",
         # Evaluation encodes and decodes with the base model's tokenizer, never the checkpoint's own.

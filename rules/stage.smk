@@ -37,6 +37,23 @@ rule stage_benchmark:
         "../scripts/stage_benchmark.py"
 
 
+rule stage_templates:
+    output:
+        TEMPLATES_STAGED,
+    log:
+        "logs/stage/templates.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=500,
+        runtime=10,
+    params:
+        source=config["evaluation"]["templates"]["source"],
+    script:
+        "../scripts/stage_templates.py"
+
+
 rule stage_training_data:
     output:
         "resources/datasets/{dataset}.jsonl",

@@ -20,6 +20,7 @@ with confined_job(snakemake) as log:
         threads=snakemake.threads,
         grade=snakemake.params.grade,
         sandbox=snakemake.params.sandbox,
+        templates_dir=Path(snakemake.input.templates).parent if "templates" in snakemake.input.keys() else None,
         **snakemake.params.prompting,
     )
     log.info("eval %s: status=%s score=%s", record["benchmark"], record["status"], record["score"])

@@ -10,6 +10,5 @@ with logged(snakemake) as log:
         snakemake.wildcards.benchmark,
         Path(snakemake.output.test).parent,
         source=snakemake.params.staging.get("source"),
-        subset=snakemake.params.staging.get("subset"),
     )
     log.info("staged %s", meta)

@@ -178,3 +178,112 @@ def test_reference_sft_row_collects_its_checkpoint(tmp_path: Path, tiny_model_di
     assert (run_dir / "final_model" / "config.json").is_file()
     assert list((run_dir / "final_model").glob("*.safetensors"))
     assert record["checkpoint_bytes"] <= record["checkpoint_cap_bytes"]
+
+
+# A stand-in Codex CLI, in the sandbox: reports what it finds at its login path and what it can do to it.
+FAKE_LOGIN_CLI = """\
+#!{python}
+import hashlib, json, os, pathlib, sys, time
+home = pathlib.Path(os.environ["HOME"])
+auth = home / ".codex" / "auth.json"
+report = {{"keys": sorted(k for k in os.environ if k.endswith("_API_KEY")), "argv": sys.argv[1:]}}
+try:
+    report["sha256"] = hashlib.sha256(auth.read_bytes()).hexdigest()
+except OSError as exc:
+    report["read"] = exc.strerror
+for name, attempt in (("append", lambda: open(auth, "a").write("x")), ("unlink", lambda: auth.unlink()),
+                      ("chmod", lambda: auth.chmod(0o666))):
+    try:
+        attempt()
+        report[name] = "done"
+    except OSError as exc:
+        report[name] = exc.strerror
+for target in sys.argv[sys.argv.index("--probe") + 1:] if "--probe" in sys.argv else []:
+    try:
+        report.setdefault("probes", {{}})[target] = hashlib.sha256(pathlib.Path(target).read_bytes()).hexdigest()
+    except OSError as exc:
+        report.setdefault("probes", {{}})[target] = exc.strerror
+print(json.dumps(report), flush=True)
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) if "--wait" in sys.argv else 0)
+if "--wait" in sys.argv:
+    time.sleep(3)
+"""
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_subscription_login_is_mounted_read_only_for_its_cell_only(tmp_path: Path, monkeypatch):
+    import hashlib
+    import os
+    import threading
+    import time
+
+    from posttrainbench.agents import runner
+
+    secret = b'{"tokens": {"access_token": "chatgpt-subscription-token-0123456789abcdef"}}'
+    login = tmp_path / "home" / ".codex" / "auth.json"
+    login.parent.mkdir(parents=True)
+    login.write_bytes(secret)
+    login.chmod(0o600)
+    bin_dir = tmp_path / "npm" / "node_modules" / ".bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "codex").write_text(FAKE_LOGIN_CLI.format(python=sys.executable))
+    (bin_dir / "codex").chmod(0o755)
+    monkeypatch.setattr(runner, "AGENT_CLI_BIN", bin_dir)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-pipeline-key")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+
+    def run_codex(name: str, spec: dict) -> dict:
+        return run_cell(Cell(name, "tiny", "gsm8k", 1), {"type": "codex", "model": "gpt-5.2", **spec},
+                        run_dir=tmp_path / name, base_dir=base, instruct_dir=None, train_data=None,
+                        budget={"hours": 0.02, "gpus": 0, "grace_seconds": 1}, threads=1, config={},
+                        sandbox_config={"backend": "bubblewrap", "network": "none"})
+
+    def report(name: str) -> dict:
+        (line,) = [e["text"] for e in trace_events(tmp_path / name) if e["type"] == "stdout"]
+        return json.loads(line)
+
+    # The cell with the login runs while another cell looks for its copy and its mount point.
+    records: dict = {}
+    first = threading.Thread(target=lambda: records.update(login=run_codex(
+        "login", {"credentials_file": str(login), "extra_args": ["--wait"]})))
+    first.start()
+    copy = tmp_path / "login" / ".sandbox" / "credentials" / "auth.json"
+    for _ in range(200):
+        if copy.exists():
+            break
+        time.sleep(0.05)
+    assert copy.exists()
+    st = copy.stat()
+    assert st.st_mode & 0o777 == 0o400 and st.st_uid == runner.sandbox_host_uid()  # its sandbox's user only
+    other_targets = [str(copy), str(tmp_path / "login" / "workspace" / ".codex" / "auth.json"), str(login)]
+    records["other"] = run_codex("other", {"extra_args": ["--probe", *other_targets]})
+    first.join()
+
+    seen = report("login")
+    assert seen["sha256"] == hashlib.sha256(secret).hexdigest()  # readable where Codex reads it
+    assert seen["keys"] == []  # no API key entered: the login replaces it
+    assert "forced_login_method=chatgpt" in seen["argv"]
+    assert seen["append"] != "done" and seen["unlink"] != "done" and seen["chmod"] != "done", seen
+    assert records["login"]["credentials_mounted"] == [".codex/auth.json"]
+    other = report("other")
+    assert other["keys"] == ["OPENAI_API_KEY"] and "sha256" not in other
+    assert all(v != hashlib.sha256(secret).hexdigest() for v in other["probes"].values()), other["probes"]
+    # Nothing of it is left in what is archived and judged: the workspace, the run record, the trace.
+    workspace = tmp_path / "login" / "workspace"
+    assert not (workspace / ".codex" / "auth.json").exists()
+    for path in [p for p in (tmp_path / "login").rglob("*") if p.is_file()]:
+        assert b"chatgpt-subscription-token" not in path.read_bytes(), path
+    assert not (tmp_path / "login" / ".sandbox").exists()
+    assert login.read_bytes() == secret and os.stat(login).st_mode & 0o777 == 0o600  # the original untouched
+
+
+def test_the_task_text_carries_the_published_rules(tmp_path: Path):
+    _, run_dir = run(tmp_path, script_agent(tmp_path, "print('read the task')"))
+    task = (run_dir / "workspace" / "TASK.md").read_text()
+    for rule in ("0.01 hours", "timer.sh", "0 GPU(s)", "final_model/", "work autonomously",
+                 "Do not train on test data", "Do not modify or work around the evaluation",
+                 "Work only in this directory", "must load and run with the packages installed",
+                 "Post-train only the given base model", "Hugging Face Hub included"):
+        assert rule in task, rule

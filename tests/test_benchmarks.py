@@ -56,7 +56,8 @@ def test_gpqa_without_hub_access_fails_in_one_clear_line(tmp_path, monkeypatch):
 
 def _gpqa_rows(n: int) -> list[dict]:
     # Synthetic rows in the hub's column layout: GPQA itself is gated and has no offline copy.
-    return [{"Question": f"Q{i}?", "Correct Answer": f"right {i}", "Incorrect Answer 1": f"w1 {i}",
+    return [{"Record ID": f"rec{i}", "Question": f"Q{i}?", "Correct Answer": f"right {i}",
+             "Incorrect Answer 1": f"w1 {i}",
              "Incorrect Answer 2": f"w2 {i}", "Incorrect Answer 3": f"w3 {i}"} for i in range(n)]
 
 
@@ -143,11 +144,11 @@ def test_training_and_test_splits_do_not_overlap(staged, tmp_path):
         ("so she makes 9 * 2 = $18 every day.\n#### 18", "18"),
         ("#### 1,234", "1234"),
         ("#### $5.", "5"),
-        ("First 3 then 4. #### 7 and later 12", "7"),  # the marker wins over later numbers
+        ("First 3 then 4. #### 7 and later 12", "12"),  # inspect's match(numeric=True): the last number
         ("She has 3 apples, then 5 more, so 8.", "8"),  # else the last number
         ("The total is $1,080.", "1080"),
         ("It drops to -4 degrees", "-4"),
-        ("The price is 2.50 dollars", "2.50"),
+        ("The price is 2.50 dollars", "2.5"),  # numbers normalised to 5 significant digits
         ("I do not know.", None),
         ("", None),
         (None, None),
@@ -196,38 +197,17 @@ def test_broken_completions_fail(problems):
     assert not bm.humaneval_passes(problem, "    while True:\n        pass\n", timeout=1)
 
 
-def test_extract_completion_from_a_continuation_closed_by_a_fence(problems):
-    problem = problems[2]
-    response = problem["canonical_solution"] + "```\n\nThis returns the decimal part."
-    completion = bm.extract_humaneval_completion(problem, response)
-    assert "```" not in completion and "decimal part" not in completion
-    assert bm.humaneval_passes(problem, completion, timeout=10)
-
-
-def test_extract_completion_from_a_full_code_block(problems):
+def test_extracted_code_from_a_fenced_reply_passes(problems):
+    """inspect_evals' extraction (first python block, sliced after the first indented line) then the tests."""
     problem = problems[3]
     full = problem["prompt"] + problem["canonical_solution"]
-    response = f"```python\n{full}```\nThat is the function."
-    completion = bm.extract_humaneval_completion(problem, response)
-    assert completion.lstrip().startswith(("from", "def", "import"))
-    assert bm.humaneval_passes(problem, completion, timeout=10)
-    # The same code with a wrong body still fails: extraction does not make anything pass by itself.
+    code = bm.extract_humaneval_code(f"Reasoning first.\n```python\n{full}```\nThat is the function.")
+    assert bm.humaneval_passes(problem, code, timeout=10)
+    # A wrong body still fails: extraction does not make anything pass by itself.
     wrong = f"```python\ndef {problem['entry_point']}(operations):\n    return None\n```"
-    assert not bm.humaneval_passes(problem, bm.extract_humaneval_completion(problem, wrong), timeout=10)
-
-
-def test_extract_completion_inside_a_prefilled_code_block(problems):
-    """The chat prompt opens the fence itself: the response is code up to the closing fence."""
-    problem = problems[4]
-    body_only = problem["canonical_solution"] + "```\nExplanation follows."
-    assert bm.humaneval_passes(problem, bm.extract_humaneval_completion(problem, body_only, in_code_block=True))
-    # A whole function whose first line would look like an opening fence in the other mode.
-    full = problem["prompt"] + problem["canonical_solution"]
-    completion = bm.extract_humaneval_completion(problem, full + "```", in_code_block=True)
-    assert bm.humaneval_passes(problem, completion, timeout=10)
-    # Prose after the closing fence is never run: a closing fence right away leaves nothing, which fails.
-    empty = bm.extract_humaneval_completion(problem, "```\nreturn 1", in_code_block=True)
-    assert empty == "" and not bm.humaneval_passes(problem, empty, timeout=10)
+    assert not bm.humaneval_passes(problem, bm.extract_humaneval_code(wrong), timeout=10)
+    # A continuation without a fence is kept whole.
+    assert bm.extract_humaneval_code(problem["canonical_solution"]) == problem["canonical_solution"]
 
 
 def test_all_canonical_solutions_pass(problems):
@@ -254,31 +234,22 @@ def test_offline_staging_records_checksums(staged, name, n):
         assert len(records) == n
 
 
-def test_bfcl_stages_the_hub_train_split_as_test_data(staged):
+def test_bfcl_stages_exec_simple_and_the_rest_unscored(staged):
     records = _lines(staged["bfcl"] / "test.jsonl")
-    categories = {r["category"] for r in records}
-    assert {"simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "multi_turn_base"} <= categories
-    assert all(r["hf_split"] == "train" for r in records)
-    scored = [r for r in records if r["scored"]]
-    assert len(scored) == 1000 == read_json(staged["bfcl"] / "meta.json")["n_scored"]
-    assert all(r["scored"] for r in records[:1000])  # a first-N subset holds scored items
+    assert len(records) == 100 and {r["category"] for r in records} == {"exec_simple"}
+    meta = read_json(staged["bfcl"] / "meta.json")
+    unscored = _lines(staged["bfcl"] / "unscored.jsonl")
+    # The hub's "train" split is evaluation data: every other category is staged beside the test items.
+    assert {"simple_python", "multiple", "live_simple", "multi_turn_base"} <= {r["category"] for r in unscored}
+    assert meta["extra"]["unscored"]["n"] == len(unscored)
 
 
-def test_bfcl_possible_answers_pass_the_checker(staged):
-    scored = [r for r in _lines(staged["bfcl"] / "test.jsonl") if r["scored"]]
-    failing = {r["id"] for r in scored if not bm.bfcl_check(r, bm.bfcl_gold_response(r))[0]}
-    # Two items of BFCL v4 list an argument their own function schema does not declare (a data error).
-    assert failing == {"parallel_multiple_12", "parallel_multiple_26"}
-
-
-def test_bfcl_wrong_calls_fail(staged):
-    record = next(r for r in _lines(staged["bfcl"] / "test.jsonl") if r["id"] == "simple_python_0")
-    assert bm.bfcl_check(record, "[calculate_triangle_area(base=10, height=5)]")[0]
-    assert bm.bfcl_check(record, "calculate_triangle_area(base=10, height=5, unit='units')")[0]
-    assert not bm.bfcl_check(record, "[calculate_triangle_area(base=10, height=6)]")[0]
-    assert not bm.bfcl_check(record, "[area(base=10, height=5)]")[0]
-    correct, error = bm.bfcl_check(record, "I would call the area function.")
-    assert not correct and error.startswith("decode")
+def test_bfcl_gold_and_wrong_calls(staged):
+    record = _lines(staged["bfcl"] / "test.jsonl")[0]
+    assert all(bm.bfcl_check(r, bm.bfcl_gold_response(r))[0] for r in _lines(staged["bfcl"] / "test.jsonl"))
+    call = '<tool_call>\n{"name": "calc_binomial_probability", "arguments": {"n": 20, "k": 5, "p": %s}}\n</tool_call>'
+    assert bm.bfcl_check(record, call % "0.6")[0] and not bm.bfcl_check(record, call % "0.7")[0]
+    assert bm.bfcl_check(record, "calc_binomial_probability(n=20, k=5, p=0.6)") == (False, "no tool call")
 
 
 def test_aime_known_answers(staged):
@@ -287,18 +258,22 @@ def test_aime_known_answers(staged):
     for r in records:
         assert bm.aime_is_correct(f"Thus the answer is $\\boxed{{{r['answer']}}}$.", r["answer"])
         assert not bm.aime_is_correct(f"\\boxed{{{int(r['answer']) + 1}}}", r["answer"])
-    assert bm.extract_aime_answer("so 12 then \\boxed{\\frac{1}{2}} ... no, \\boxed{588}") == 588
-    assert bm.extract_aime_answer("The result is 1,024.") == 1024
+    # The published scorer removes \boxed{...} greedily, from the first \boxed{ to the last }: with two boxes
+    # it reads the number before them.
+    assert bm.extract_aime_answer("so 12 then \\boxed{\\frac{1}{2}} ... no, \\boxed{588}") == "12"
+    assert bm.extract_aime_answer("so \\boxed{588}") == "588"
+    assert bm.extract_aime_answer("The result is 1,024.") == "1024"
     assert bm.extract_aime_answer("no answer") is None
 
 
 def test_gpqa_known_answers():
     for letter in "ABCD":
         assert bm.gpqa_is_correct(f"Reasoning...\nAnswer: {letter}", letter)
-        assert bm.gpqa_is_correct(f"so the answer is ({letter}).", letter)
+        assert not bm.gpqa_is_correct(f"so the answer is ({letter}).", letter)  # no "ANSWER:" line
         wrong = "ABCD"[("ABCD".index(letter) + 1) % 4]
         assert not bm.gpqa_is_correct(f"Answer: {wrong}", letter)
-    assert bm.extract_gpqa_letter("Answer: B, no wait. Answer: **C**") == "C"
+    assert bm.extract_gpqa_letter("Answer: B\nno wait.\nAnswer: **C**") == "C"  # the last ANSWER line
+    assert bm.extract_gpqa_letter("Answer: B, C") is None  # one letter only
     assert bm.extract_gpqa_letter("I cannot tell") is None
 
 

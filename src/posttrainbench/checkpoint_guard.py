@@ -49,7 +49,11 @@ MAX_CHAT_TEMPLATE_BYTES = 256 << 10
 # evaluation options say sampling comes from the checkpoint (evaluation.sampling: checkpoint); the default
 # protocol is greedy and reads none of them.
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p")
-SAMPLING_MODES = ("greedy", "checkpoint")
+# ``published``: what vLLM's default generation config reads when a request sends no sampling parameters, as in
+# the published harness (the sampling keys and repetition_penalty; do_sample is not read, an absent temperature
+# is vLLM's 1.0). ``checkpoint``: the sampling keys, greedy unless do_sample and a temperature say otherwise.
+PUBLISHED_SAMPLING_KEYS = SAMPLING_KEYS + ("repetition_penalty",)
+SAMPLING_MODES = ("greedy", "checkpoint", "published")
 
 # config.json keys that would make transformers or vLLM import code or pick a kernel from the hub.
 CODE_CONFIG_KEYS = ("auto_map", "custom_pipelines", "attn_implementation", "_attn_implementation",
@@ -382,10 +386,13 @@ def generation_settings(model_dir: Path, sampling: str = "greedy") -> dict[str, 
         settings["ignored"] = {"generation_config.json": f"unreadable: {exc}"}
         return settings
     honoured: dict[str, Any] = {}
-    if sampling == "checkpoint":
-        honoured = {k: data[k] for k in SAMPLING_KEYS if k in data and _valid_sampling_value(k, data[k])}
+    if sampling in ("checkpoint", "published"):
+        keys = SAMPLING_KEYS if sampling == "checkpoint" else PUBLISHED_SAMPLING_KEYS
+        honoured = {k: data[k] for k in keys if k in data and _valid_sampling_value(k, data[k])}
     settings["ignored"] = {k: _short(v) for k, v in data.items() if k not in honoured and k != "transformers_version"}
-    if honoured and honoured.get("temperature", 1.0) > 0 and data.get("do_sample", True) is not False:
+    if sampling == "published":
+        settings["applied"] = {"do_sample": honoured.get("temperature", 1.0) > 0, **honoured}
+    elif honoured and honoured.get("temperature", 1.0) > 0 and data.get("do_sample", True) is not False:
         settings["applied"] = {"do_sample": True, **honoured}
     return settings
 
@@ -396,7 +403,9 @@ def _valid_sampling_value(key: str, value: Any) -> bool:
     if key == "temperature":
         return 0 <= value <= 10
     if key == "top_k":
-        return isinstance(value, int) and value >= 0
+        return isinstance(value, int) and value >= -1
+    if key == "repetition_penalty":
+        return 0 < value <= 10
     return 0 <= value <= 1  # top_p, min_p
 
 

@@ -72,6 +72,63 @@ def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
               f"flagged={row.n_flagged} failed={row.n_failed} unjudged={row.n_unjudged}{note}")
 
 
+def write_requests_file(config_path: Path, benchmark: str, model_dir: Path, out: Path, *, limit: int | None,
+                        family: str | None = None, benchmark_dir: Path | None = None,
+                        templates_dir: Path | None = None, prompting: str = "chat", reference: bool = False) -> int:
+    """``ptb requests``: write what the evaluator would send for the first ``limit`` items, without a model run.
+
+    The requests are built by the evaluator's own code (:func:`posttrainbench.evaluation.prepare_requests`) on the
+    checkpoint's evaluation view (``model_dir`` is its own tokenizer reference here). The benchmark comes from
+    ``benchmark_dir`` or ``resources/benchmarks/<benchmark>`` when staged there, else it is staged into a temporary
+    folder from the config's source; the published templates from ``templates_dir`` or ``resources/templates``,
+    else they are staged from the config's source. Returns the number of requests written; raises
+    :class:`~posttrainbench.evaluation.EvaluationError` when a request would not fit its context."""
+    import tempfile
+
+    from . import benchmarks as bm
+    from .checkpoint_guard import prepare_view
+    from .config import load_config
+    from .evaluation import prepare_requests
+    from .protocol import get_protocol
+
+    config = load_config(config_path)
+    options = config["evaluation"]
+    spec = bm.get_spec(benchmark)
+    proto = get_protocol(options.get("protocol"))
+    templates = options["templates"]
+    with tempfile.TemporaryDirectory(prefix="ptb-requests-") as tmp:
+        tmp = Path(tmp)
+        staged = benchmark_dir or Path("resources/benchmarks") / benchmark
+        if not (staged / bm.META_FILE).is_file():
+            staged = tmp / "benchmark"
+            bm.stage_benchmark(benchmark, staged, source=options["per_benchmark"].get(benchmark, {}).get("source"))
+        if templates["use"] == "published" and templates_dir is None:
+            templates_dir = Path("resources/templates")
+            if not (templates_dir / "staged.json").is_file():
+                from .templates import stage_published_templates
+
+                templates_dir = tmp / "templates"
+                stage_published_templates(templates_dir, templates.get("source"))
+        records = bm.read_test_records(staged)[: limit or None]
+        sampling_mode = "greedy" if proto.sampling == "greedy" else "published"
+        view = prepare_view(Path(model_dir), None, tmp / "view", sampling=sampling_mode)
+        per = options["per_benchmark"].get(benchmark, {})
+        if family is None:
+            # The model's own config names its family; else the config's, when all its models share one.
+            from .evaluation import detect_family
+
+            families = {m.get("family") for m in config["models"].values()} - {None, "auto"}
+            family = detect_family(Path(model_dir)) or (families.pop() if len(families) == 1 else "auto")
+        _tok, requests, _details = prepare_requests(
+            view, spec, records, staged, proto, prompting=prompting, family=family, family_dir=model_dir,
+            templates=templates["use"], templates_dir=templates_dir, num_fewshot=per.get("num_fewshot"),
+            max_tokens=per.get("max_tokens"), reference=reference)
+    from .eval_requests import write_requests
+
+    write_requests(requests, out)
+    return len(requests)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ptb", description="PostTrainBench pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,10 +146,40 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a workflow config and print its cell count")
     check.add_argument("config", type=Path)
 
+    req = sub.add_parser("requests", help="write the requests the evaluator would send, without running a model")
+    req.add_argument("--config", type=Path, required=True, help="workflow config (its evaluation protocol applies)")
+    req.add_argument("--benchmark", required=True, help="benchmark key, e.g. gsm8k")
+    req.add_argument("--model-dir", type=Path, required=True, help="a checkpoint folder (config and tokenizer)")
+    req.add_argument("--limit", type=int, default=None, help="first N items (default: all)")
+    req.add_argument("--out", type=Path, required=True, help="JSONL file to write, one request per line")
+    req.add_argument("--family", default=None, help="chat-template family (default: from the model's config.json)")
+    req.add_argument("--benchmark-dir", type=Path, default=None, help="a staged benchmark folder to read items from")
+    req.add_argument("--templates-dir", type=Path, default=None, help="folder of staged published templates")
+    req.add_argument("--prompting", choices=("chat", "few-shot"), default="chat")
+    req.add_argument("--reference", action="store_true", help="a reference row (one attempt, first rung)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .config import ConfigError
     from .leaderboard import LeaderboardError
+
+    if args.command == "requests":
+        from .artifacts import ArtifactError
+        from .benchmarks import BenchmarkNotAvailable
+        from .checkpoint_guard import CheckpointRejected
+        from .evaluation import EvaluationError, InfrastructureError
+
+        try:
+            n = write_requests_file(args.config, args.benchmark, args.model_dir, args.out, limit=args.limit,
+                                    family=args.family, benchmark_dir=args.benchmark_dir,
+                                    templates_dir=args.templates_dir, prompting=args.prompting,
+                                    reference=args.reference)
+        except (ConfigError, KeyError, BenchmarkNotAvailable, CheckpointRejected, EvaluationError,
+                InfrastructureError, ArtifactError) as exc:
+            print(f"ptb requests: error: {str(exc).strip()}", file=sys.stderr)
+            return 2
+        print(f"{args.out}: {n} requests")
+        return 0
 
     try:
         if args.command == "leaderboard":

@@ -140,6 +140,10 @@ def _check_semantics(config: dict) -> None:
         if "prompting" in spec and spec["type"] != "builtin":
             raise ConfigError(f"config key 'agents.{name}.prompting' applies to builtin agents only "
                               "(post-trained checkpoints are scored with the chat protocol)")
+        from .agents.options import agent_option_problem
+
+        if problem := agent_option_problem(name, spec):
+            raise ConfigError(problem)
     if "instruct" in agents:
         missing = [m for m, spec in config["models"].items() if not spec.get("instruct")]
         if missing:

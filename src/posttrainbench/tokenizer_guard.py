@@ -56,12 +56,9 @@ PROBE_TEXT = (
 
 
 def _probe_texts() -> list[str]:
-    """Text whose encoding an added token must leave alone: the probe and the evaluation's prompt templates."""
-    from . import evaluation as ev
-
-    templates = [ev.GSM8K_CHAT_PROMPT, ev.GSM8K_PLAIN_PROMPT, ev.HUMANEVAL_CHAT_PROMPT, ev.AIME_PROMPT,
-                 ev.GPQA_PROMPT, ev.BFCL_PROMPT, ev.HUMANEVAL_GEN_PREFIX]
-    return [PROBE_TEXT, *templates]
+    """Text whose encoding an added token must leave alone. The evaluator also checks every rendered request
+    (prompt texts, few-shot turns, tools) for added tokens before it sends any."""
+    return [PROBE_TEXT]
 
 
 @dataclass

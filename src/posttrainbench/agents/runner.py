@@ -19,7 +19,6 @@ import stat
 import sys
 import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -32,8 +31,9 @@ from ..io import atomic_write_json
 from . import workspace as ws
 from .collect import DEFAULT_CAP_FACTOR, Collected, collect_checkpoint, size_text, tree_bytes
 from .fswalk import Walk, open_regular, read_chunks
-from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, Sandbox, SandboxError, SandboxSpec, TraceWriter,
-                      get_sandbox, now_iso)
+from .options import REPROMPT_MIN_MINUTES, adapters, agent_option_problem
+from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, RunOutcome, Sandbox, SandboxError, SandboxSpec, TraceWriter,
+                      get_sandbox, now_iso, sandbox_host_uid)
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 AGENT_CLI_BIN = PROJECT_ROOT / "envs" / "agents" / "node_modules" / ".bin"
 CLI_TYPES = ("claude-code", "codex", "gemini-cli", "opencode", "openai-compatible")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@lru_cache(maxsize=1)
-def adapters() -> dict:
-    """The coding-agent CLI adapters (``adapters.yaml``), keyed by agent type."""
-    return yaml.safe_load((Path(__file__).with_name("adapters.yaml")).read_text())
 
 
 def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruct_dir: Path | None,
@@ -110,23 +104,38 @@ def builtin_command(recipe: str, spec: dict, cell: Cell, base_dir: Path, instruc
 
 def evaluation_chat_template(config: dict | None, cell: Cell, base_dir: Path, workspace: Path) -> Path | None:
     """The chat template evaluation will force on this cell's checkpoint, written into the workspace for a
-    built-in recipe to train in; None when checkpoints are scored with their own templates or the family is
-    unknown. (The sandbox's copy of the package holds the recipes, not the evaluation harness.)"""
-    from ..scoring_jobs import prompt_settings
+    built-in recipe to train in; None when the family is unknown or the published templates are not staged.
+    (The sandbox's copy of the package holds the recipes, not the evaluation harness.)"""
+    from ..benchmarks import get_spec
+    from ..evaluation import resolve_family
+    from ..templates import TemplateError, chat_template
 
     config = config or {}
-    family = config.get("models", {}).get(cell.model, {}).get("family", "auto")
-    settings = prompt_settings(cell.benchmark, base_dir, "chat", family, config.get("evaluation", {}))
-    if settings["chat_template"] is None:
+    family = resolve_family(config.get("models", {}).get(cell.model, {}).get("family", "auto"), base_dir)
+    if family is None:
         return None
-    path = workspace / f"chat_template.{settings['chat_family']}.jinja"
-    path.write_text(settings["chat_template"])
+    use = config.get("evaluation", {}).get("templates", {}).get("use", "project")
+    try:
+        text, _label, _sha = chat_template(family, get_spec(cell.benchmark).template, use,
+                                           Path("resources/templates"))
+    except TemplateError:
+        return None
+    path = workspace / f"chat_template.{family}.jinja"
+    path.write_text(text)
     return path
 
 
-def _task_prompt(workspace: Path) -> str:
-    return (f"You are working in {workspace}. Read TASK.md there and carry out the task it describes, "
-            "without asking questions: nobody will answer. Finish by leaving your checkpoint in final_model/.")
+def _task_prompt(workspace: Path, note: str | None = None) -> str:
+    prompt = (f"You are working in {workspace}. Read TASK.md there and carry out the task it describes, "
+              "without asking questions: nobody will answer. Finish by leaving your checkpoint in final_model/.")
+    return f"{prompt} {note.strip()}" if note else prompt
+
+
+def reprompt_message(seconds_left: float) -> str:
+    """What a resumed session is told: the time left, and to keep improving."""
+    minutes = int(seconds_left // 60)
+    return (f"Time is not up: {minutes // 60}h {minutes % 60:02d}m remain before the deadline. Keep working to "
+            "improve the score of the checkpoint in final_model/.")
 
 
 def opencode_endpoint_config(spec: dict) -> str:
@@ -152,9 +161,18 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{([a-z_]+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def cli_command(spec: dict, cell: Cell, workspace: Path) -> tuple[list[str], dict[str, str], dict]:
-    """argv, extra environment (the agent's own keys included) and adapter of a CLI agent."""
+def _check_options(spec: dict, cell: Cell) -> None:
+    problem = agent_option_problem(cell.agent, spec)
+    if problem:
+        raise AgentNotRunnable(problem)
+
+
+def cli_command(spec: dict, cell: Cell, workspace: Path, *, message: str | None = None
+                ) -> tuple[list[str], dict[str, str], dict]:
+    """argv, extra environment (the agent's own keys included) and adapter of a CLI agent; with ``message``,
+    the command that resumes its latest session with that message (re-prompting)."""
     adapter = adapters()[spec["type"]]
+    _check_options(spec, cell)
     if spec["type"] == "openai-compatible" and not spec.get("base_url"):
         raise AgentNotRunnable(f"config key 'agents.{cell.agent}.base_url' is required for type openai-compatible")
     executable = AGENT_CLI_BIN / adapter["executable"]
@@ -166,16 +184,27 @@ def cli_command(spec: dict, cell: Cell, workspace: Path) -> tuple[list[str], dic
                 "(make install) nor on PATH")
         executable = Path(found)
     values = {
-        "prompt": _task_prompt(workspace), "model": spec["model"], "home": str(workspace),
+        "prompt": _task_prompt(workspace, adapter.get("task_note")), "model": spec["model"], "home": str(workspace),
         "reasoning_effort": spec.get("reasoning_effort") or "", "base_url": spec.get("base_url") or "",
+        "message": message or "",
     }
     if spec["type"] == "openai-compatible":
         values["opencode_endpoint_config"] = opencode_endpoint_config(spec)
-    argv = [str(executable)] + [_fill(a, values) for a in adapter["argv"]]
-    if spec.get("reasoning_effort") and adapter.get("effort_args"):
-        argv += [_fill(a, values) for a in adapter["effort_args"]]
-    argv += list(spec.get("extra_args", []))
+    template = adapter["resume_argv"] if message is not None else adapter["argv"]
+    argv = [str(executable)] + [_fill(a, values) for a in template]
     env = {k: _fill(str(v), values) for k, v in (adapter.get("env") or {}).items()}
+    effort = adapter.get("reasoning_effort") or {}
+    if spec.get("reasoning_effort"):
+        argv += [_fill(a, values) for a in effort.get("args", [])]
+        env.update({k: _fill(str(v), values) for k, v in (effort.get("env") or {}).items()})
+    login = adapter.get("credentials") or {}
+    if spec.get("credentials_file"):
+        # A subscription login: the CLI reads its own credentials file; no API key enters the sandbox.
+        argv += [_fill(a, values) for a in login.get("args", [])]
+        env.update({k: _fill(str(v), values) for k, v in (login.get("env") or {}).items()})
+        argv += list(spec.get("extra_args", []))
+        return argv, env, adapter
+    argv += list(spec.get("extra_args", []))
     keys = list(adapter.get("keys") or [])
     if adapter.get("api_key_env_required") and not spec.get("api_key_env"):
         raise AgentNotRunnable(f"config key 'agents.{cell.agent}.api_key_env' must name the variable holding "
@@ -189,9 +218,60 @@ def cli_command(spec: dict, cell: Cell, workspace: Path) -> tuple[list[str], dic
     return argv, env, adapter
 
 
+def stage_credentials(spec: dict, cell: Cell, workspace: Path, private: Path, host_uid: int) -> dict[str, Path]:
+    """A subscription login for this cell only: the file named by ``credentials_file`` copied into the run's
+    private directory (mode 0400, owned by the sandbox's user on the host), to be mounted read-only where the
+    CLI reads it under HOME. Returns {path inside: copy}; empty without ``credentials_file``."""
+    source = spec.get("credentials_file")
+    if not source:
+        return {}
+    source = Path(os.path.expanduser(str(source)))
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise AgentNotRunnable(f"config key 'agents.{cell.agent}.credentials_file' names {source}, which cannot "
+                               f"be read: {exc.strerror or exc}") from None
+    folder = private / "credentials"
+    folder.mkdir(mode=0o711)
+    folder.chmod(0o711)  # traversable by the sandbox's user, not listable
+    copy = folder / source.name
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    if os.geteuid() == 0:
+        os.chown(copy, host_uid, host_uid)
+    copy.chmod(0o400)
+    inside = workspace / adapters()[spec["type"]]["credentials"]["path"]
+    # The empty mount point, made now so every backend mounts onto a file that exists.
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.touch(exist_ok=True)
+    return {str(inside): copy}
+
+
+def _remove_mount_points(files: dict[str, Path]) -> list[str]:
+    """The empty files the sandbox created to mount credentials on, removed from the workspace (never
+    anything else: what is not an empty regular file there now is left, and named)."""
+    left = []
+    for inside in files:
+        path = Path(inside)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            path.unlink()
+        else:
+            left.append(f"{inside}: not the empty mount point the sandbox made; left in place")
+    return left
+
+
 def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadline: float,
-               gpus: int) -> dict[str, str]:
+               gpus: int, network: str = "open") -> dict[str, str]:
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    # The hub is the agent's to use wherever the network reaches it (as published); the pipeline's own
+    # offline setting is for its staging and evaluation, not the agent's. With no network, offline mode
+    # spares the agent's hub clients their timeouts.
+    offline = "1" if network == "none" else "0"
     env.update(
         PTB_WORKSPACE=str(workspace),
         PTB_BASE_MODEL=str(base_dir),
@@ -200,8 +280,9 @@ def _agent_env(workspace: Path, threads: int, cell: Cell, base_dir: Path, deadli
         PTB_DEADLINE=str(int(deadline)),
         HOME=str(workspace),
         HF_HOME=str(workspace / ".cache" / "huggingface"),
-        HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
-        HF_DATASETS_OFFLINE=os.environ.get("HF_DATASETS_OFFLINE", "1"),
+        HF_HUB_OFFLINE=offline,
+        HF_DATASETS_OFFLINE=offline,
+        TRANSFORMERS_OFFLINE=offline,
         TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS=str(threads),
@@ -406,7 +487,9 @@ def run_cell(
     if helper_cfg.get("enabled", True) and benchmark_dir is not None and spec["type"] != "builtin":
         helper = ws.install_eval_helper(workspace, cell.benchmark, benchmark_dir,
                                         limit=int(helper_cfg.get("limit", 20)),
-                                        evaluation=config.get("evaluation", {}))
+                                        evaluation=config.get("evaluation", {}),
+                                        family=config.get("models", {}).get(cell.model, {}).get("family"),
+                                        templates_dir=Path("resources/templates"))
     ws.write_task(workspace, base_model=base_dir, benchmark=cell.benchmark, hours=hours, gpus=gpus,
                   deadline=int(deadline), grace=budget["grace_seconds"], network=network, helper=helper)
     for source in spec.get("files", []):  # a command agent's own program: copied, never bound
@@ -429,7 +512,7 @@ def run_cell(
         "pipeline_version": __version__, "commit": _git_commit(), "config_sha256": config_hash(config),
         "harness_manifest": harness_manifest,
     }
-    env = _agent_env(workspace, threads, cell, base_dir, deadline, gpus)
+    env = _agent_env(workspace, threads, cell, base_dir, deadline, gpus, network)
     box = SandboxSpec(workspace=workspace, network=network, gpus=gpus, private_dir=private,
                       read_only=[p for p in (base_dir, instruct_dir, train_data) if p is not None],
                       allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network),
@@ -441,6 +524,9 @@ def run_cell(
         env["TMPDIR"] = "/tmp"
     adapter: dict = {}
     outcome = None
+    sessions: list[dict] = []
+    credential_mounts: dict[str, Path] = {}
+    mount_problems: list[str] = []
     try:
         try:
             if spec["type"] == "builtin":
@@ -449,6 +535,7 @@ def run_cell(
                                           chat_template=evaluation_chat_template(config, cell, base_dir, workspace)
                                           if spec["recipe"] == "sft" else None)
             elif spec["type"] == "command":
+                _check_options(spec, cell)
                 command = list(spec["command"])
             else:
                 command, extra_env, adapter = cli_command(spec, cell, workspace)
@@ -456,14 +543,21 @@ def run_cell(
                 if AGENT_CLI_BIN.is_dir():
                     box.read_only.append(AGENT_CLI_BIN.parent.resolve())
                     env["PATH"] = os.pathsep.join([str(AGENT_CLI_BIN), env["PATH"]])
-            outcome = sandbox.run(command, workspace=workspace, env=env, timeout_seconds=timeout,
-                                  grace_seconds=budget["grace_seconds"], trace=trace, spec=box)
+                if spec.get("credentials_file"):
+                    if not sandbox.isolating:
+                        raise AgentNotRunnable(f"config key 'agents.{cell.agent}.credentials_file' needs an "
+                                               "isolating sandbox")
+                    credential_mounts = stage_credentials(spec, cell, workspace, private, sandbox_host_uid())
+                    box.files.update(credential_mounts)
+            outcome, sessions = _run_sessions(sandbox, spec, cell, command, workspace, env, box, trace, budget,
+                                              deadline)
         except (AgentNotRunnable, SandboxError) as exc:
             trace.event("not_runnable", error=str(exc))
             raise
     finally:
         trace.close()
-        shutil.rmtree(private, ignore_errors=True)  # tools, sockets, the env file with the agent's key
+        mount_problems = _remove_mount_points(credential_mounts)
+        shutil.rmtree(private, ignore_errors=True)  # tools, sockets, credentials, the env file with the agent's key
 
     # From here on the agent has run: whatever it left, and whatever goes wrong reading it, becomes part
     # of the record; run.json is always written.
@@ -529,16 +623,79 @@ def run_cell(
         egress_detail=outcome.egress,
         limits=box.limits(),
         limits_hit=outcome.limits_hit,  # [{"limit", "value", "max", "time"}]: the run was stopped for these
+        # Re-prompting (agents.<name>.reprompt): how often the CLI's session was resumed, and each session.
+        resumptions=max(len(sessions) - 1, 0),
+        sessions=sessions,
+        credentials_mounted=sorted(str(Path(p).relative_to(workspace)) for p in credential_mounts) or None,
         usage=attempt("reading usage from the trace", lambda: usage_from_trace(trace_path, adapter.get("usage")),
                       None),
         transcripts=transcripts,
         transcript_problems=_first(transcript_problems),
         output_dropped=dict(trace.dropped) if trace.dropped["lines"] else None,
-        runner_errors=runner_errors,
+        runner_errors=runner_errors + mount_problems,
         recorded=now_iso(),
     )
     atomic_write_json(run_dir / "run.json", record)
     return record
+
+
+def _run_sessions(sandbox: Sandbox, spec: dict, cell: Cell, command: list[str], workspace: Path, env: dict,
+                  box: SandboxSpec, trace: TraceWriter, budget: dict, deadline: float) -> tuple[RunOutcome, list[dict]]:
+    """Run the agent; with ``reprompt``, resume its CLI session each time it exits early, telling it the
+    time left, until less than REPROMPT_MIN_MINUTES remain (as the published *_reprompt agents do). Each
+    session is a sandbox of its own over the same workspace. Returns the combined outcome and the sessions."""
+    t0 = time.monotonic()
+    grace = budget["grace_seconds"]
+    outcome = sandbox.run(command, workspace=workspace, env=env, timeout_seconds=deadline - time.time(),
+                          grace_seconds=grace, trace=trace, spec=box)
+    sessions = [_session(outcome, None)]
+    outcomes = [outcome]
+    if spec.get("reprompt"):
+        min_left = REPROMPT_MIN_MINUTES * 60
+        while not (outcome.timed_out or outcome.limits_hit):
+            left = deadline - time.time()
+            if left < min_left:
+                break
+            # A resumption that fails at once would fail again: stop rather than spin until the deadline.
+            if len(sessions) > 1 and outcome.exit_code != 0 and outcome.wall_seconds < REPROMPT_FAST_FAILURE_SECONDS:
+                trace.event("reprompt_stopped", reason=f"the resumed session failed within "
+                                                         f"{REPROMPT_FAST_FAILURE_SECONDS} s (exit code {outcome.exit_code})")
+                break
+            message = reprompt_message(left)
+            resume, _, _ = cli_command(spec, cell, workspace, message=message)
+            trace.event("reprompt", seconds_left=int(left), message=message)
+            outcome = sandbox.run(resume, workspace=workspace, env=env, timeout_seconds=deadline - time.time(),
+                                  grace_seconds=grace, trace=trace, spec=box)
+            sessions.append(_session(outcome, int(left)))
+            outcomes.append(outcome)
+    return _combined(outcomes, t0), sessions
+
+
+REPROMPT_FAST_FAILURE_SECONDS = 60
+
+
+def _session(outcome: RunOutcome, seconds_left: int | None) -> dict:
+    return {"started": outcome.started, "exit_code": outcome.exit_code, "timed_out": outcome.timed_out,
+            "wall_seconds": outcome.wall_seconds, "seconds_left_at_start": seconds_left}
+
+
+def _combined(outcomes: list[RunOutcome], t0: float) -> RunOutcome:
+    """One outcome for the sessions of a run: the last one's end, every limit hit, egress summed by host."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    last = outcomes[-1]
+    egress = None
+    if any(o.egress is not None for o in outcomes):
+        hosts: dict[tuple, dict] = {}
+        for o in outcomes:
+            for entry in o.egress or []:
+                total = hosts.setdefault((entry["host"], entry["port"]), {**entry, "connections": 0, "denied": 0})
+                total["connections"] += entry.get("connections", 0)
+                total["denied"] += entry.get("denied", 0)
+        egress = list(hosts.values())
+    return RunOutcome(exit_code=last.exit_code, timed_out=last.timed_out, started=outcomes[0].started,
+                      ended=last.ended, wall_seconds=round(time.monotonic() - t0, 3), egress=egress,
+                      limits_hit=[hit for o in outcomes for hit in o.limits_hit])
 
 
 def _first(items: list[str], n: int = 100) -> list[str]:

@@ -186,6 +186,11 @@ DISK_CHECK_SECONDS = 2.0  # at least; longer when measuring the workspace takes 
 SLIRP_DNS = "10.0.2.3"
 
 
+def sandbox_host_uid() -> int:
+    """The host uid an isolating sandbox's user has: nobody when the pipeline runs as root, else the pipeline's."""
+    return ROOT_MAPS_TO if os.geteuid() == 0 else os.getuid()
+
+
 class SandboxError(RuntimeError):
     """The sandbox cannot run this command as configured (one-line reason)."""
 
@@ -202,6 +207,9 @@ class SandboxSpec:
     workspace: Path
     read_only: list[Path] = field(default_factory=list)
     mapped: dict[str, Path] = field(default_factory=dict)
+    # Single files mounted read-only at a path inside (a CLI's own login under HOME); mounted last, over
+    # the workspace, so what the agent sees there is the file and what the workspace holds is an empty mount point.
+    files: dict[str, Path] = field(default_factory=dict)
     network: str = "open"
     gpus: int = 0
     forwards: list[tuple[str, int]] = field(default_factory=list)  # host endpoints exposed inside (proxy)
@@ -600,7 +608,7 @@ class BubblewrapSandbox(Sandbox):
         if as_root:
             # The sandbox's user is not the pipeline's: it must be able to read what it is given,
             # and the workspace becomes its own.
-            for path in python_dirs + read_only + [Path(p) for p in spec.mapped.values()]:
+            for path in python_dirs + read_only + [Path(p) for p in (*spec.mapped.values(), *spec.files.values())]:
                 _check_readable_by_others(path)
             _chown_tree(spec.workspace, host_uid, host_gid)
         launcher = [sys.executable, "-I", "-S", str(USERNS_LAUNCHER), "--inside-id", str(SANDBOX_ID),
@@ -635,7 +643,10 @@ class BubblewrapSandbox(Sandbox):
                 argv += ["--ro-bind", str(path), f"/etc/{name}"]
         ws = str(spec.workspace)
         # The root itself (a tmpfs holding the mount points) is read-only: writes go to the workspace or /tmp.
-        argv += ["--bind", ws, ws, "--remount-ro", "/", "--chdir", ws, "--"]
+        argv += ["--bind", ws, ws]
+        for inside, outside in spec.files.items():
+            argv += ["--ro-bind", str(outside), inside]
+        argv += ["--remount-ro", "/", "--chdir", ws, "--"]
         return argv + list(command), env
 
     def _launch(self, command, spec, env):
@@ -930,6 +941,8 @@ class ApptainerSandbox(Sandbox):
         for path in sorted({Path(p) for p in spec.read_only}):
             argv += ["--bind", f"{path}:{path}:ro"]
         for inside, outside in spec.mapped.items():
+            argv += ["--bind", f"{outside}:{inside}:ro"]
+        for inside, outside in spec.files.items():
             argv += ["--bind", f"{outside}:{inside}:ro"]
         host_env = {k: os.environ[k] for k in ("PATH", "LANG", "TMPDIR") if k in os.environ}
         if env:

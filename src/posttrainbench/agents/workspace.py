@@ -26,8 +26,11 @@ from .fswalk import Walk, kind_of, open_regular, read_chunks
 PACKAGE = Path(__file__).resolve().parents[1]  # src/posttrainbench
 HELPER_DIR = "evaluation"
 # The scoring harness, copied for the helper (evaluation imports benchmarks and io).
-HARNESS_MODULES = ("evaluation.py", "benchmarks.py", "io.py", "checkpoint_guard.py", "tokenizer_guard.py",
-                   "code_sandbox.py", "code_sandbox_inside.py")
+HARNESS_MODULES = ("evaluation.py", "eval_requests.py", "generation.py", "protocol.py", "templates.py",
+                   "artifacts.py", "toolcalls.py", "io.py", "checkpoint_guard.py", "tokenizer_guard.py",
+                   "code_sandbox.py", "code_sandbox_inside.py", "serving.py", "confine.py")
+# The benchmark modules (with their data files), templates and few-shot demonstrations final scoring uses.
+HARNESS_PACKAGES = ("benchmarks", "chat_templates", "fewshot")
 # What the built-in recipes import inside the sandbox: never the evaluation harness.
 TOOL_MODULES = ("__init__.py", "io.py", "models.py", "recipes/__init__.py", "recipes/sft.py",
                 "agents/__init__.py", "agents/submit.py")
@@ -36,27 +39,34 @@ TASK_TEMPLATE = """\
 # Your task
 
 Post-train the base language model in `{base_model}` (read-only) so that it scores as high as
-possible on the **{benchmark}** benchmark. Leave your final checkpoint, in Hugging Face format
+possible on the **{benchmark}** benchmark. Research and experiment on your own: you choose the data,
+the training method and how many rounds you make. Leave your best checkpoint, in Hugging Face format
 (config, safetensors weights, tokenizer with chat template), in `final_model/` inside this
-directory (`{workspace}`).
+directory (`{workspace}`): that folder alone is evaluated, on the whole test set, once you are done.
 
-## Budget
+## Budget and setup
 
 - {hours:g} hours of wall-clock time on {gpus} GPU(s). The deadline is unix time {deadline}
   (environment variable `PTB_DEADLINE`); run `sh timer.sh` to see the time left.
 - At the deadline your processes are stopped (SIGTERM, then SIGKILL after {grace} s); whatever is
   in `final_model/` then is evaluated. Save checkpoints early.
 - The network is `{network}`.{network_note}
+- Python with `transformers`, `datasets` and the training libraries is installed. You may install
+  more packages to experiment, but `final_model/` must load and run with the packages installed at
+  the start.
 
 ## Rules
 
-1. Do not train on test data of any benchmark (that includes the test items given to the
-   evaluation helper, and the BFCL "train" split, which holds evaluation data).
-2. Post-train only the given base model. Do not use another model's weights, including the
+1. Nobody will answer questions or give feedback: work autonomously until you are done.
+2. Do not train on test data of any benchmark, neither its questions nor its answers (that includes
+   the test items given to the evaluation helper, and the BFCL "train" split, which holds evaluation
+   data).
+3. Post-train only the given base model. Do not use another model's weights, including the
    instruct version of this model, and do not distill from another model's outputs.
-3. Do not modify or work around the evaluation: the final score comes from a separate, pristine
-   copy of the harness that you cannot see.
-4. Do not call any API or service the configuration forbids (for example an LLM API to generate
+4. Do not modify or work around the evaluation (`evaluation/` and its templates): the final score
+   comes from a separate, pristine copy of the harness that you cannot see.
+5. Work only in this directory and its subdirectories (the Hugging Face cache is under `HF_HOME`).
+6. Do not call any API or service the configuration forbids (for example an LLM API to generate
    training data).
 
 Your run is audited: the data you train on, the checkpoint's provenance, the files in this
@@ -72,7 +82,7 @@ uses the whole test set, so a high helper score on these few items proves little
 """
 
 NETWORK_NOTES = {
-    "open": "",
+    "open": " The internet is reachable without restriction (the Hugging Face Hub included).",
     "none": " Nothing outside this sandbox is reachable.",
     "proxy": " Outgoing connections go through a logging proxy (HTTPS_PROXY is set); every host you"
              " contact is recorded.",
@@ -113,8 +123,9 @@ parser.add_argument("--batch-size", type=int, default=settings["batch_size"])
 args = parser.parse_args()
 result = evaluate_checkpoint(
     Path(args.model), settings["benchmark"], HERE / "data", limit=min(args.limit, settings["limit"]),
-    max_gen_toks=settings["max_gen_toks"], batch_size=args.batch_size, device=args.device,
-    dtype=settings["dtype"], samples_path=HERE / "last_samples.jsonl",
+    max_tokens=settings["max_tokens"], batch_size=args.batch_size, device=args.device,
+    dtype=settings["dtype"], samples_path=HERE / "last_samples.jsonl", protocol=settings["protocol"],
+    family=settings["family"], templates=settings["templates"], templates_dir=HERE / "templates",
     base_dir=os.environ.get("PTB_BASE_MODEL") or None,  # the tokenizer final scoring uses too
     # Programs the model writes run as the agent, inside the agent's own sandbox.
     code_execution={"backend": "none"},
@@ -218,7 +229,7 @@ def write_task(workspace: Path, **fields) -> None:
 
 
 def install_eval_helper(workspace: Path, benchmark: str, benchmark_dir: Path, *, limit: int,
-                        evaluation: dict) -> dict:
+                        evaluation: dict, family: str | None = None, templates_dir: Path | None = None) -> dict:
     """Copy the harness and the first ``limit`` test items into ``workspace/evaluation``.
 
     Returns ``{"limit", "n"}`` for the task text. The data folder is a valid staged benchmark
@@ -230,6 +241,8 @@ def install_eval_helper(workspace: Path, benchmark: str, benchmark_dir: Path, *,
     (package / "__init__.py").write_text('"""A copy of the scoring harness for the evaluation helper."""\n')
     for name in HARNESS_MODULES:
         shutil.copy2(PACKAGE / name, package / name)
+    for name in HARNESS_PACKAGES:
+        shutil.copytree(PACKAGE / name, package / name, ignore=shutil.ignore_patterns("__pycache__"))
     lines = (benchmark_dir / "test.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:limit]
     subset = "".join(lines)
     meta = json.loads((benchmark_dir / "meta.json").read_text())
@@ -237,9 +250,20 @@ def install_eval_helper(workspace: Path, benchmark: str, benchmark_dir: Path, *,
     (helper / "data" / "test.jsonl").write_text(subset, encoding="utf-8")
     meta.update(n=len(lines), sha256=sha256_bytes(subset.encode("utf-8")), subset_of=meta.get("sha256"))
     (helper / "data" / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # The staged extras the benchmark's messages read (its few-shot pool); never the unscored test items.
+    for extra in (meta.get("extra") or {}):
+        if extra != "unscored" and (benchmark_dir / f"{extra}.jsonl").is_file():
+            shutil.copy2(benchmark_dir / f"{extra}.jsonl", helper / "data" / f"{extra}.jsonl")
+    templates = (evaluation.get("templates") or {}).get("use", "project")
+    (helper / "templates").mkdir()
+    if templates == "published" and templates_dir is not None:
+        for template in Path(templates_dir).glob("*.jinja"):
+            shutil.copy2(template, helper / "templates" / template.name)
     per = evaluation.get("per_benchmark", {}).get(benchmark, {})
+    # The same protocol, template and extraction as final scoring, so agents optimise for what is scored.
     settings = {
-        "benchmark": benchmark, "limit": len(lines), "max_gen_toks": per.get("max_gen_toks"),
+        "benchmark": benchmark, "limit": len(lines), "max_tokens": per.get("max_tokens"),
+        "protocol": evaluation.get("protocol"), "family": family or "auto", "templates": templates,
         "device": evaluation.get("device", "auto"), "dtype": evaluation.get("dtype", "auto"),
         "batch_size": evaluation.get("batch_size", 8),
     }

@@ -53,6 +53,8 @@ TRAINED_ON_FIELDS: dict[str, tuple[str, ...]] = {
     "arenahardwriting": ("prompt",),
     "healthbench": ("prompt",),
 }
+# Staged beside test.jsonl: evaluation items a benchmark does not score (bfcl.py), scanned as test data.
+UNSCORED_FILE = "unscored.jsonl"
 # Keys inside a field that are not text the model reads (a chat message's role).
 NOT_TEXT_KEYS = frozenset({"role"})
 # An n-gram held by more test items than this is boilerplate (a tool schema many BFCL items share): below the default
@@ -91,13 +93,17 @@ def read_test_items(path: Path, n: int = ngrams.DEFAULT_N, benchmark: str | None
     so that a copy which keeps the item's parts together (question, then function schema) is still found."""
     benchmark = benchmark or Path(path).parent.name
     items = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                fields = item_fields(json.loads(line), benchmark)
-                if len(fields) > 1 and max(len(f.split()) for f in fields) < n:
-                    fields.append(" ".join(fields))
-                items.append(fields)
+    # Evaluation data a benchmark stages but does not score (BFCL's other categories) is test data too; it comes
+    # after the scored items, so the helper's shown prefix (shown_items) keeps its indices.
+    unscored = Path(path).parent / UNSCORED_FILE
+    for part in (path, *([unscored] if unscored.is_file() else [])):
+        with open(part, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    fields = item_fields(json.loads(line), benchmark)
+                    if len(fields) > 1 and max(len(f.split()) for f in fields) < n:
+                        fields.append(" ".join(fields))
+                    items.append(fields)
     return items
 
 
