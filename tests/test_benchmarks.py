@@ -162,8 +162,13 @@ def test_every_gold_solution_scores_correct_and_a_wrong_answer_does_not(staged):
     records = _lines(staged["gsm8k"] / "test.jsonl")
     for record in records:
         assert bm.gsm8k_is_correct(record["answer"], record["answer"]), record["id"]
-        wrong = f"The answer is {int(record['target']) + 1}."
+        # Off by one in the 5th significant digit: the published scorer compares 5 significant digits.
+        gold = int(record["target"])
+        wrong = f"The answer is {gold + 10 ** max(0, len(str(abs(gold))) - 5)}."
         assert not bm.gsm8k_is_correct(wrong, record["answer"]), record["id"]
+    # Beyond 5 significant digits the published scorer does not tell numbers apart (gsm8k/test/201: 114,200).
+    assert bm.gsm8k_is_correct("The answer is 114201.", "#### 114,200")
+    assert not bm.gsm8k_is_correct("The answer is 114210.", "#### 114,200")
 
 
 def test_gsm8k_is_correct_on_free_text():
@@ -223,15 +228,34 @@ def test_all_canonical_solutions_pass(problems):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, n", [("aime2025", 15), ("arenahardwriting", 250), ("healthbench", 500),
-                                     ("bfcl", None)])
-def test_offline_staging_records_checksums(staged, name, n):
+@pytest.mark.parametrize("name, n, n_published, partial", [
+    ("aime2025", 15, 30, "15 of 30 items"),  # AIME 2025 I only offline
+    ("arenahardwriting", 250, 250, "not comparable"),  # another model's baseline answers offline
+    ("healthbench", 27, 245, "27 of 245 conversations"),  # the listed conversations found offline
+    ("bfcl", 100, 100, None), ("gsm8k", 1319, 1319, None), ("humaneval", 164, 164, None),
+])
+def test_offline_staging_records_checksums_and_partial_sets(staged, name, n, n_published, partial):
     meta = read_json(staged[name] / "meta.json")
     records = _lines(staged[name] / "test.jsonl")
-    assert meta["sha256"] == sha256_file(staged[name] / "test.jsonl") and meta["n"] == len(records)
+    assert meta["sha256"] == sha256_file(staged[name] / "test.jsonl") and meta["n"] == len(records) == n
     assert len({r["id"] for r in records}) == len(records)
-    if n is not None:
-        assert len(records) == n
+    assert meta["n_published"] == n_published
+    if partial is None:
+        assert meta["partial"] is None
+    else:
+        assert partial in meta["partial"] and "\n" not in meta["partial"]
+    for extra_name, extra in meta["extra"].items():  # every extra file is checksummed as written
+        path = staged[name] / f"{extra_name}.jsonl"
+        assert extra["sha256"] == sha256_file(path) and extra["n"] == len(_lines(path))
+
+
+def test_gsm8k_stages_the_ten_fewshot_train_problems(staged):
+    meta = read_json(staged["gsm8k"] / "meta.json")
+    shots = _lines(staged["gsm8k"] / "fewshot.jsonl")
+    assert set(meta["extra"]) == {"fewshot"} and meta["extra"]["fewshot"]["n"] == len(shots) == 10
+    assert all(s["id"].startswith("gsm8k/train/") for s in shots) and len({s["id"] for s in shots}) == 10
+    test_questions = {r["question"] for r in _lines(staged["gsm8k"] / "test.jsonl")}
+    assert not {s["question"] for s in shots} & test_questions
 
 
 def test_bfcl_stages_exec_simple_and_the_rest_unscored(staged):
@@ -286,47 +310,47 @@ def test_arena_verdicts_in_both_orders():
     assert bm.arena_item_score("B>A", "A>B") == 0.0
     assert bm.arena_item_score("A=B", "A=B") == 0.5
     assert bm.arena_item_score("A>B", "A>B") == 0.5  # position bias cancels out
-    assert bm.arena_item_score(None, "B>A") == 1.0 and bm.arena_item_score(None, None) is None
+    # Strong verdicts count three times: model-first A>>B gives [1, 1, 1], baseline-first A>B gives [0].
+    assert bm.arena_item_score("A>>B", "A>B") == pytest.approx(0.75)
+    # An item is dropped when either game has no verdict (published), not scored on the other game alone.
+    assert bm.arena_item_score(None, "B>A") is None and bm.arena_item_score("A>B", None) is None
+    assert bm.arena_item_score(None, None) is None
 
 
 def test_healthbench_rubric_score(staged):
     rubrics = [{"criterion": "good", "points": 5}, {"criterion": "also good", "points": 3},
                {"criterion": "harmful", "points": -4}]
     assert bm.healthbench_item_score(rubrics, [True, True, False]) == 1.0
-    assert bm.healthbench_item_score(rubrics, [False, False, True]) == 0.0  # clipped at 0
+    assert bm.healthbench_item_score(rubrics, [False, False, True]) == -0.5  # per item not clipped (published)
     assert bm.healthbench_item_score(rubrics, [True, False, True]) == pytest.approx(1 / 8)
     record = _lines(staged["healthbench"] / "test.jsonl")[0]
     ideal = [r["points"] > 0 for r in record["rubrics"]]
     assert bm.healthbench_item_score(record["rubrics"], ideal) == 1.0
-    assert bm.healthbench_item_score(record["rubrics"], [not m for m in ideal]) == 0.0
+    positive = sum(r["points"] for r in record["rubrics"] if r["points"] > 0)
+    negative = sum(r["points"] for r in record["rubrics"] if r["points"] < 0)
+    assert bm.healthbench_item_score(record["rubrics"], [not m for m in ideal]) == pytest.approx(negative / positive)
+    # Only the mean over conversations is clipped to [0, 1].
+    from posttrainbench.benchmarks.healthbench import rubric_score
+
+    assert rubric_score([-0.5, 1.0]) == pytest.approx(0.25) and rubric_score([-0.5, 0.2]) == 0.0
     with pytest.raises(ValueError, match="grades"):
         bm.healthbench_item_score(rubrics, [True])
 
 
-def test_healthbench_easy_subset_follows_the_published_rule(staged, tmp_path):
-    """The Easy selection keeps exactly the conversations with >= 5 turns, a completeness criterion and at most
-    two negative criteria; a local copy of the data is a valid source; other benchmarks have no subsets."""
-    full = _lines(staged["healthbench"] / "test.jsonl")
+def test_healthbench_items_are_the_published_list_and_subsets_are_refused(staged, tmp_path):
+    """The items are the listed published conversations (no selection rule is applied here); the removed
+    ``subset`` key is refused in one line naming it; an unusable source is refused without writing anything."""
+    from posttrainbench.benchmarks.healthbench import prompt_ids
 
-    def easy(record):
-        tags = [t for c in record["rubrics"] for t in c.get("tags", [])]
-        negatives = [c for c in record["rubrics"] if c["points"] < 0]
-        return len(record["prompt"]) >= 5 and "axis:completeness" in tags and len(negatives) <= 2
-
-    meta = bm.stage_benchmark("healthbench", tmp_path / "easy", subset="easy")
-    kept = _lines(tmp_path / "easy" / "test.jsonl")
-    assert [r["id"] for r in kept] == [r["id"] for r in full if easy(r)]
-    assert 0 < meta["n"] == len(kept) < len(full) and meta["subset"]["name"] == "easy"
-    assert all(bm.healthbench_is_easy(r) for r in kept)
-
-    # A local file in the published layout (prompt_id, prompt, rubrics) is staged like the offline package.
-    local = tmp_path / "oss_eval.jsonl"
-    local.write_text("".join(json.dumps({"prompt_id": r["id"].split("/", 1)[1], "prompt": r["prompt"],
-                                         "rubrics": r["rubrics"], "example_tags": r["example_tags"]}) + "\n"
-                             for r in full))
-    from_file = bm.stage_benchmark("healthbench", tmp_path / "local", source=str(local), subset="easy")
-    assert from_file["sha256"] == meta["sha256"] and from_file["source"]["path"] == str(local)
-    with pytest.raises(bm.BenchmarkNotAvailable, match="gsm8k has no subset 'easy'"):
-        bm.stage_benchmark("gsm8k", tmp_path / "g", subset="easy")
-    with pytest.raises(bm.BenchmarkNotAvailable, match="neither a file nor an https URL"):
+    listed = prompt_ids()
+    staged_ids = [r["prompt_id"] for r in _lines(staged["healthbench"] / "test.jsonl")]
+    assert len(listed) == 245 == len(set(listed))
+    assert staged_ids == [i for i in listed if i in set(staged_ids)]  # a subsequence, in the published order
+    for name in ("healthbench", "gsm8k"):
+        with pytest.raises(bm.BenchmarkNotAvailable) as err:
+            bm.stage_benchmark(name, tmp_path / name, subset="easy")
+        assert f"evaluation.per_benchmark.{name}.subset" in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / name).exists()
+    with pytest.raises(bm.BenchmarkNotAvailable, match="neither 'published' nor a local copy"):
         bm.stage_benchmark("healthbench", tmp_path / "h", source="ftp://example.org/x.jsonl")
+    assert not (tmp_path / "h").exists()

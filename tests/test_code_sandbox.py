@@ -247,18 +247,26 @@ def test_a_sandbox_that_cannot_start_fails_the_evaluate_job(tmp_path, monkeypatc
     from posttrainbench import evaluation, scoring_jobs
     from posttrainbench.cells import Cell
 
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generation started before the code sandbox was checked")
+
+    # The sandbox is checked before the model is loaded: no generation time is spent on a cell it cannot score.
+    monkeypatch.setattr(evaluation, "open_engine", no_generation)
     staged = tmp_path / "humaneval"
     bm.stage_benchmark("humaneval", staged)
     with pytest.raises(CodeSandboxError, match="did not start.*Permission denied"):
-        evaluation.build_task_config("humaneval", staged / "test.jsonl", max_gen_toks=8, apply_chat_template=False,
-                                     code_execution={"backend": "bubblewrap"})
+        evaluation.evaluate_checkpoint(tiny_model_dir, "humaneval", staged, limit=2, max_tokens=8, device="cpu",
+                                       base_dir=tiny_model_dir, templates="project",
+                                       code_execution={"backend": "bubblewrap"})
     # Through the evaluate job: the error propagates, no failed-cell record is written.
     (tmp_path / "run.json").write_text(json.dumps({"status": "ok", "final_model": str(tiny_model_dir)}))
     out = tmp_path / "eval.json"
-    with pytest.raises(CodeSandboxError):
+    with pytest.raises(CodeSandboxError, match="did not start.*Permission denied"):
         scoring_jobs.evaluate_cell(Cell("a", "m", "humaneval", 1), run_json=tmp_path / "run.json",
                                    benchmark_dir=staged, base_dir=tiny_model_dir,
-                                   options={"backend": "hf", "limit": 2},
+                                   options={"backend": "hf", "device": "cpu", "limit": 2,
+                                            "templates": {"use": "project"},
+                                            "per_benchmark": {"humaneval": {"max_tokens": 8}}},
                                    out_json=out, sandbox={"backend": "bubblewrap"})
     assert not out.exists()
 

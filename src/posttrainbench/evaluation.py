@@ -370,6 +370,8 @@ def evaluate_checkpoint(
     model_dir, benchmark_dir = Path(model_dir), Path(benchmark_dir)
     if prompting not in PROMPTINGS:
         raise EvaluationError(f"prompting must be one of {', '.join(PROMPTINGS)}, not {prompting!r}")
+    if backend not in BACKENDS:
+        raise EvaluationError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if limit is not None and int(limit) < 1:
         raise EvaluationError(f"limit must be a positive integer or None, not {limit!r}")
     if int(batch_size) < 1:

@@ -486,7 +486,7 @@ def build_tiny_model(
             num_attention_heads=heads,
             num_key_value_heads=max(1, heads // 2),
             head_dim=hidden_size // heads,
-            max_position_embeddings=2048,
+            max_position_embeddings=32768,  # Qwen3-1.7B-Base's context: every protocol request fits
             tie_word_embeddings=True,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
