@@ -58,7 +58,8 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-gen-toks", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=256, help="first rung of the max-token ladder")
+    parser.add_argument("--family", default="qwen3", help="chat-template family (the project's templates)")
     parser.add_argument("--model", type=Path, required=True, help="a transformers checkpoint folder")
     parser.add_argument("--benchmark", choices=["gsm8k", "humaneval", "aime2025", "bfcl"], default="gsm8k")
     parser.add_argument("--bench-dir", type=Path, default=None)
@@ -91,8 +92,9 @@ def main() -> int:
         for backend in backends:
             samples = Path(tmp) / f"{backend}.jsonl"
             result = evaluate_checkpoint(
-                args.model, args.benchmark, args.bench_dir, limit=args.limit, max_gen_toks=args.max_gen_toks,
+                args.model, args.benchmark, args.bench_dir, limit=args.limit, max_tokens=args.max_tokens,
                 batch_size=args.batch_size, device=args.device, dtype=dtype, samples_path=samples, backend=backend,
+                family=args.family, templates="project", protocol="posttrainbench-v1-greedy",
             )
             tokens = _generated_tokens(samples, tokenizer)
             seconds = result["generation_s"]
@@ -101,7 +103,7 @@ def main() -> int:
                              "score": result["score"]}
             outputs[backend] = [json.loads(line)["response"] for line in samples.read_text().splitlines()]
     print(f"{args.benchmark} | model {args.model} | device {args.device} | dtype {dtype} | batch {args.batch_size} | "
-          f"max_gen_toks {args.max_gen_toks}")
+          f"max_tokens {args.max_tokens}")
     for backend, row in rows.items():
         print(f"{backend:5s} {row['n']} items  {row['seconds']:.1f} s generating ({row['load_and_run_s']:.1f} s with "
               f"loading)  {row['items_s']:.3f} items/s  {row['tokens_s']:.1f} tokens/s  score {row['score']:.3f}")

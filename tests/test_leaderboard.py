@@ -209,3 +209,37 @@ def test_a_second_spelling_of_a_seed_never_names_a_cell_twice(tree: Path, caplog
     assert board["attacker"]["n_cells"] == 4 and board["attacker"]["n_flagged"] == 4
     assert board["attacker"]["score"] == pytest.approx(board["base"]["score"])
     assert "seed01.json: not laid out" in caplog.text
+
+
+def _protocol_eval(root, agent, benchmark, *, protocol="posttrainbench-v1", limit=None, template="t1", seed=1):
+    import json as _json
+
+    settings = {"protocol": protocol, "benchmark": benchmark, "ladder": [4000], "template_sha256": template,
+                "overrides": {"limit": limit} if limit else {}}
+    path = root / "evals" / agent / "m" / benchmark / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_json.dumps({"score": 0.5, "metric": "exact_match", "n": 2, "status": "ok",
+                                 "protocol": protocol, "settings": settings}))
+
+
+def test_leaderboard_refuses_mixed_protocols_and_settings(tmp_path):
+    """One table, one protocol: cells of another protocol, other item limits or another template are named."""
+    import pytest as _pytest
+
+    from posttrainbench.leaderboard import LeaderboardError, _read_evals
+
+    same = tmp_path / "same"
+    _protocol_eval(same, "base", "gsm8k")
+    _protocol_eval(same, "agent-a", "gsm8k")
+    assert len(_read_evals(same)) == 2
+    for name, change, message in [
+        ("protocols", dict(protocol="posttrainbench-v1-greedy"), "different protocols"),
+        ("limits", dict(limit=16), "different settings of the protocol"),
+        ("templates", dict(template="t2"), "different chat templates"),
+    ]:
+        root = tmp_path / name
+        _protocol_eval(root, "base", "gsm8k")
+        _protocol_eval(root, "agent-a", "gsm8k", **change)
+        with _pytest.raises(LeaderboardError, match=message) as caught:
+            _read_evals(root)
+        assert "agent-a/m/gsm8k/seed1" in str(caught.value) and "base/m/gsm8k/seed1" in str(caught.value)

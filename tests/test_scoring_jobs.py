@@ -14,7 +14,6 @@ from posttrainbench.scoring_jobs import (
     evaluate_cell,
     grade_cell,
     judge_cell,
-    max_tokens_ladder,
     resolve_backend,
 )
 
@@ -94,7 +93,7 @@ def test_unloadable_checkpoint_is_a_failed_eval_with_the_reason(tmp_path, tiny_m
                            options={"backend": "hf", "device": "cpu", "limit": 2}, out_json=tmp_path / "e.json")
     assert record["status"] == "failed" and "checkpoint rejected: unreadable weights" in record["error"]
     assert record["score"] is None
-    assert len(record["attempts"]) == 1  # fewer tokens cannot fix an unreadable checkpoint
+    assert record["attempts"] == []  # refused before generation: fewer tokens cannot fix an unreadable checkpoint
 
 
 def test_unavailable_backend_fails_the_job_loudly(tmp_path, monkeypatch):
@@ -106,33 +105,89 @@ def test_unavailable_backend_fails_the_job_loudly(tmp_path, monkeypatch):
     assert not (tmp_path / "e.json").exists()
 
 
-def test_retry_ladder_halves_the_token_limit():
-    assert max_tokens_ladder(16384, 2) == [16384, 8192, 4096]
-    assert max_tokens_ladder(40, 5) == [40, 20, 16]
-    assert max_tokens_ladder(512, 0) == [512]
+def test_ladder_rungs_are_the_modules_scaled_and_one_attempt_for_reference_rows():
+    from posttrainbench.benchmarks import get_spec
+    from posttrainbench.evaluation import rungs
+
+    gsm8k = get_spec("gsm8k")
+    assert (gsm8k.ladder, gsm8k.attempts) == ((4000, 3000, 2000), (4, 3, 2))  # the published ladder
+    assert rungs(gsm8k, reference=False, max_tokens=None) == [(4000, 4), (3000, 3), (2000, 2)]
+    # An override sets the first rung; the others keep their ratio to it.
+    assert rungs(gsm8k, reference=False, max_tokens=40) == [(40, 4), (30, 3), (20, 2)]
+    assert rungs(gsm8k, reference=False, max_tokens=1) == [(1, 4), (1, 3), (1, 2)]
+    assert rungs(gsm8k, reference=True, max_tokens=None) == [(4000, 1)]
+    assert rungs(gsm8k, reference=True, max_tokens=40, reference_attempts=2) == [(40, 2)]
 
 
-def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_path, tiny_model_dir):
+def _stage_gsm8k(tmp_path: Path) -> Path:
     from posttrainbench.benchmarks import stage_benchmark
 
     stage_benchmark("gsm8k", tmp_path / "bench")
-    options = {"backend": "hf", "device": "cpu", "limit": 2, "retries": 1, "timeout_seconds": 0.3,
-               "per_benchmark": {"gsm8k": {"max_gen_toks": 4000}}}
+    return tmp_path / "bench"
+
+
+# Greedy and the project's templates (the published ones are not staged in tests).
+LADDER_OPTIONS = {"backend": "hf", "device": "cpu", "limit": 2, "protocol": "posttrainbench-v1-greedy",
+                  "templates": {"use": "project"}}
+
+
+def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_path, tiny_model_dir):
+    bench = _stage_gsm8k(tmp_path)
+    options = {**LADDER_OPTIONS, "timeout_seconds": 0.3, "per_benchmark": {"gsm8k": {"max_tokens": 4000}}}
     out = tmp_path / "e.json"
-    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
-                           base_dir=tiny_model_dir,
-                           options=options, out_json=out)
-    assert record["status"] == "failed" and "did not finish within" in record["error"]
-    assert [a["max_gen_toks"] for a in record["attempts"]] == [4000, 2000]
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
+                           base_dir=tiny_model_dir, options=options, out_json=out)
+    assert record["status"] == "failed" and "did not finish within 0.3 s" in record["error"]
+    # The time limit is per attempt: every attempt of every rung was made, each recorded with its reason.
+    assert [a["max_tokens"] for a in record["attempts"]] == [4000] * 4 + [3000] * 3 + [2000] * 2
+    assert all("did not finish within" in a["error"] for a in record["attempts"])
     assert json.loads(out.read_text()) == record
+    # A reference row gets one attempt, on the first rung.
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
+                           base_dir=tiny_model_dir, options=options, out_json=out, reference=True)
+    assert record["status"] == "failed" and [a["max_tokens"] for a in record["attempts"]] == [4000]
     # With room to finish, the same cell succeeds and records the checksum of the test set it used.
-    options.update(timeout_seconds=None, per_benchmark={"gsm8k": {"max_gen_toks": 4}})
-    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
-                           base_dir=tiny_model_dir,
-                           options=options, out_json=out)
+    options.update(timeout_seconds=None, per_benchmark={"gsm8k": {"max_tokens": 4}})
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
+                           base_dir=tiny_model_dir, options=options, out_json=out)
     assert record["status"] == "ok" and record["n"] == 2 and 0 <= record["score"] <= 1
-    assert record["test_sha256"] == json.loads((tmp_path / "bench" / "meta.json").read_text())["sha256"]
+    assert record["attempts"] == [{"max_tokens": 4, "error": None}] and record["max_tokens"] == 4
+    assert record["test_sha256"] == json.loads((bench / "meta.json").read_text())["sha256"]
     assert {"agent", "model", "benchmark", "seed", "score", "metric", "n", "backend", "status", "error"} <= set(record)
+
+
+def test_a_failing_generation_is_retried_down_the_ladder_until_a_rung_succeeds(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    """The engine fails above 4 tokens (as an out-of-memory would): the cell is scored on the rung that worked,
+    with every failed attempt before it recorded."""
+    from posttrainbench.generation import GenerationError, HFEngine
+
+    real_generate, calls = HFEngine.generate, []
+
+    def generate(self, requests, max_tokens, seed=0):
+        calls.append(max_tokens)
+        if max_tokens > 4:
+            raise GenerationError(f"out of memory at {max_tokens} tokens")
+        return real_generate(self, requests, max_tokens, seed)
+
+    monkeypatch.setattr(HFEngine, "generate", generate)
+    bench = _stage_gsm8k(tmp_path)
+    options = {**LADDER_OPTIONS, "per_benchmark": {"gsm8k": {"max_tokens": 8}}}  # rungs 8, 6, 4
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
+                           base_dir=tiny_model_dir, options=options, out_json=tmp_path / "e.json")
+    assert record["status"] == "ok", record["error"]
+    assert calls == [8] * 4 + [6] * 3 + [4]
+    assert record["attempts"] == ([{"max_tokens": 8, "error": "GenerationError: out of memory at 8 tokens"}] * 4
+                                  + [{"max_tokens": 6, "error": "GenerationError: out of memory at 6 tokens"}] * 3
+                                  + [{"max_tokens": 4, "error": None}])
+    assert record["max_tokens"] == 4 and record["n"] == 2
+    # A reference row is not retried: its one failed attempt is the cell's outcome.
+    calls.clear()
+    record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
+                           base_dir=tiny_model_dir, options=options, out_json=tmp_path / "e.json", reference=True)
+    assert record["status"] == "failed" and calls == [8]
+    assert record["error"] == "generation failed on every attempt: GenerationError: out of memory at 8 tokens"
+    assert record["attempts"] == [{"max_tokens": 8, "error": "GenerationError: out of memory at 8 tokens"}]
 
 
 @pytest.mark.slow
@@ -142,7 +197,7 @@ def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
 
     stage_benchmark("healthbench", tmp_path / "bench")
     cell = Cell("agent-x", "tiny", "healthbench", 1)
-    options = {"backend": "hf", "device": "cpu", "limit": 1, "per_benchmark": {"healthbench": {"max_gen_toks": 4}},
+    options = {"backend": "hf", "device": "cpu", "limit": 1, "per_benchmark": {"healthbench": {"max_tokens": 4}},
                "grader": {"base_url": "http://127.0.0.1:9/v1", "model": "none", "retries": 0, "timeout_seconds": 5}}
     record = evaluate_cell(cell, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
                            base_dir=tiny_model_dir,

@@ -64,7 +64,49 @@ def _read_evals(root: Path) -> list[dict]:
             if key in record and str(record[key]) != str(value):
                 raise LeaderboardError(f"{path}: field {key}={record[key]!r} contradicts its path ({value!r})")
         records.append({**record, **identity, "_path": str(path)})
+    check_protocols(records)
     return records
+
+
+def _cells_named(records: list[dict], limit: int = 3) -> str:
+    names = [f"{r['agent']}/{r['model']}/{r['benchmark']}/seed{r['seed']}" for r in records]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_protocols(records: list[dict]) -> None:
+    """Refuse to put cells evaluated under different protocols, or different settings of one protocol, into one
+    table (:class:`LeaderboardError` naming cells of each side). Per benchmark every evaluated cell must share the
+    protocol id and settings (limits and max-token overrides included); per model and benchmark the chat template.
+    The few-shot reference row's plain prompting and cells that never got evaluated (no settings) are exempt."""
+    by_protocol: dict[str, list[dict]] = {}
+    for record in records:
+        by_protocol.setdefault(str(record.get("protocol") or "unversioned"), []).append(record)
+    if len(by_protocol) > 1:
+        sides = "; ".join(f"{pid}: {_cells_named(cells)}" for pid, cells in sorted(by_protocol.items()))
+        raise LeaderboardError(f"cells were evaluated under different protocols ({sides}); evaluate them under one "
+                               "protocol or build separate tables")
+    from .protocol import settings_hash
+
+    shared: dict[str, dict[str, list[dict]]] = {}
+    templates: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for record in records:
+        settings = record.get("settings")
+        if not isinstance(settings, dict):
+            continue
+        common = {k: v for k, v in settings.items() if k not in ("prompting", "template_sha256")}
+        shared.setdefault(record["benchmark"], {}).setdefault(settings_hash(common), []).append(record)
+        if "prompting" not in settings:
+            key = (record["model"], record["benchmark"])
+            templates.setdefault(key, {}).setdefault(str(settings.get("template_sha256")), []).append(record)
+    for benchmark, groups in sorted(shared.items()):
+        if len(groups) > 1:
+            sides = "; ".join(_cells_named(cells) for cells in groups.values())
+            raise LeaderboardError(f"{benchmark}: cells were evaluated with different settings of the protocol "
+                                   f"(item limits, max tokens or versions: {sides})")
+    for (model, benchmark), groups in sorted(templates.items()):
+        if len(groups) > 1:
+            sides = "; ".join(_cells_named(cells) for cells in groups.values())
+            raise LeaderboardError(f"{model}/{benchmark}: cells were evaluated with different chat templates ({sides})")
 
 
 def verdict_problem(path: Path, identity: dict | None = None) -> tuple[dict | None, str | None]:
