@@ -135,8 +135,9 @@ def test_sft_recipe_trains_in_the_template_evaluation_forces(tmp_path: Path, tin
     # auto: the family of the checkpoint's model_type (the tiny test model is a Qwen3).
     auto = evaluation_chat_template({**config, "models": {"m": {"family": "auto"}}}, cell, tiny_model_dir, tmp_path)
     assert auto.read_text() == family_chat_template("qwen3")
-    own = {**config, "evaluation": {"chat_template": "checkpoint"}}
-    assert evaluation_chat_template(own, cell, tiny_model_dir, tmp_path) is None
+    # Published templates that are not staged (no resources/templates here): the recipe trains without one.
+    unstaged = {**config, "evaluation": {"templates": {"use": "published"}}}
+    assert evaluation_chat_template(unstaged, cell, tiny_model_dir, tmp_path) is None
     command = builtin_command("sft", {"sft": {}}, cell, tiny_model_dir, None, tmp_path / "train.jsonl", tmp_path,
                               chat_template=template)
     assert command[-2:] == ["--chat-template", str(template)]

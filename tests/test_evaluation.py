@@ -235,11 +235,14 @@ def test_every_benchmark_generates_and_scores(tiny_model_dir, bench_root, tmp_pa
 
 
 def test_generation_past_its_time_limit_is_an_error(tiny_model_dir, bench_root):
-    from posttrainbench.evaluation import GenerationTimeout
+    from posttrainbench.evaluation import AttemptsExhausted
 
-    # 1,500 tokens take the random-weight model about 10 s on 2 cores.
-    with pytest.raises(GenerationTimeout, match="did not finish within 1 s"):
-        _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", max_tokens=1500, timeout_seconds=1)
+    # 1,500 tokens take the random-weight model about 10 s on 2 cores; the limit is per attempt, and a reference
+    # row has one attempt.
+    with pytest.raises(AttemptsExhausted, match="GenerationTimeout: generation did not finish within 1 s") as failed:
+        _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", max_tokens=1500, timeout_seconds=1,
+                  reference=True)
+    assert [a["max_tokens"] for a in failed.value.attempts] == [1500]
 
 
 @pytest.mark.slow

@@ -133,11 +133,11 @@ LADDER_OPTIONS = {"backend": "hf", "device": "cpu", "limit": 2, "protocol": "pos
 
 def test_timed_out_generation_walks_the_ladder_then_fails_with_the_reason(tmp_path, tiny_model_dir):
     bench = _stage_gsm8k(tmp_path)
-    options = {**LADDER_OPTIONS, "timeout_seconds": 0.3, "per_benchmark": {"gsm8k": {"max_tokens": 4000}}}
+    options = {**LADDER_OPTIONS, "timeout_seconds": 0.1, "per_benchmark": {"gsm8k": {"max_tokens": 4000}}}
     out = tmp_path / "e.json"
     record = evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=bench,
                            base_dir=tiny_model_dir, options=options, out_json=out)
-    assert record["status"] == "failed" and "did not finish within 0.3 s" in record["error"]
+    assert record["status"] == "failed" and "did not finish within 0.1 s" in record["error"]
     # The time limit is per attempt: every attempt of every rung was made, each recorded with its reason.
     assert [a["max_tokens"] for a in record["attempts"]] == [4000] * 4 + [3000] * 3 + [2000] * 2
     assert all("did not finish within" in a["error"] for a in record["attempts"])
@@ -207,27 +207,24 @@ def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
     assert record["status"] == "failed" and record["error"].startswith("grading:") and "none of 1" in record["error"]
 
 
-def test_prompt_settings_force_the_family_template_or_use_few_shot(tiny_model_dir, tmp_path):
-    from posttrainbench.evaluation import family_chat_template
-    from posttrainbench.scoring_jobs import EvaluationSetupError, prompt_settings
+def test_the_family_template_is_forced_or_few_shot_demonstrations_are_sent(tiny_model_dir, tmp_path):
+    from posttrainbench.evaluation import (EvaluationError, default_num_fewshot, family_chat_template,
+                                           resolve_family)
 
-    chat = prompt_settings("gsm8k", tiny_model_dir, "chat", "auto", {})
-    assert chat["chat_family"] == "qwen3" and chat["chat_template_source"] == "family:qwen3"
-    assert chat["chat_template"] == family_chat_template("qwen3") and chat["apply_chat_template"]
-    configured = prompt_settings("gsm8k", tiny_model_dir, "chat", "gemma3", {})
-    assert configured["chat_template"] == family_chat_template("gemma3")
-    own = prompt_settings("gsm8k", tiny_model_dir, "chat", "auto", {"chat_template": "checkpoint"})
-    assert own["chat_template"] is None and own["chat_template_source"] == "checkpoint"
+    # The family comes from configuration, or for ``auto`` from the staged base's config.json.
+    assert resolve_family("auto", tiny_model_dir) == "qwen3"
+    assert resolve_family("gemma3", tiny_model_dir) == "gemma3"
+    assert family_chat_template("qwen3") != family_chat_template("gemma3")
     unknown = tmp_path / "llama"
     unknown.mkdir()
     (unknown / "config.json").write_text('{"model_type": "llama"}')
-    fallback = prompt_settings("gsm8k", unknown, "chat", "auto", {})
-    assert fallback["chat_family"] is None and fallback["chat_template_source"] == "checkpoint"
-    fewshot = prompt_settings("gsm8k", tiny_model_dir, "few-shot", "auto", {})
-    assert (fewshot["apply_chat_template"], fewshot["num_fewshot"], fewshot["chat_template"]) == (False, 4, None)
-    fewer = prompt_settings("gsm8k", tiny_model_dir, "few-shot", "auto",
-                            {"per_benchmark": {"gsm8k": {"num_fewshot": 2}}})
-    assert fewer["num_fewshot"] == 2
-    assert prompt_settings("humaneval", tiny_model_dir, "few-shot", "auto", {})["num_fewshot"] == 0
+    assert resolve_family("auto", unknown) is None  # no template of the checkpoint's own as a fallback
+    with pytest.raises(EvaluationError, match="family must be one of"):
+        resolve_family("llama", unknown)
+    # Few-shot prompting sends every shipped demonstration; HumanEval's plain prompt is the stub alone.
+    assert (default_num_fewshot("gsm8k"), default_num_fewshot("humaneval")) == (4, 0)
     with pytest.raises(EvaluationSetupError, match="prompting must be chat or few-shot"):
-        prompt_settings("gsm8k", tiny_model_dir, "zero-shot", "auto", {})
+        evaluate_cell(CELL, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path,
+                      base_dir=tiny_model_dir, options={"backend": "hf"}, out_json=tmp_path / "e.json",
+                      prompting="zero-shot")
+    assert not (tmp_path / "e.json").exists()

@@ -392,7 +392,7 @@ def evaluate_checkpoint(
         raise EvaluationError(f"{benchmark_dir} holds no test items")
 
     sampling_mode = "greedy" if proto.sampling == "greedy" else "published"
-    with tempfile.TemporaryDirectory(prefix="ptb-eval-view-") as view_root, time_limit(timeout_seconds):
+    with tempfile.TemporaryDirectory(prefix="ptb-eval-view-") as view_root:
         try:
             view = prepare_view(model_dir, base_dir, Path(view_root) / "model", sampling=sampling_mode)
         except (CheckpointRejected, InfrastructureError):
@@ -430,8 +430,10 @@ def evaluate_checkpoint(
             for rung_tokens, tries in ladder:
                 for _ in range(tries):
                     try:
-                        responses = engine.generate(requests, rung_tokens, seed=seed * 100003)
-                    except (GenerationTimeout, InfrastructureError):
+                        # The limit is per attempt, as published: a timed-out attempt is retried lower down.
+                        with time_limit(timeout_seconds):
+                            responses = engine.generate(requests, rung_tokens, seed=seed * 100003)
+                    except InfrastructureError:
                         raise
                     except (GenerationError, RuntimeError, ValueError) as exc:
                         log.error("generation failed (max_tokens=%d): %s", rung_tokens, _first_line(exc))
