@@ -21,7 +21,7 @@ from posttrainbench.evaluation import (
 RESULT_KEYS = {
     "score", "metric", "n", "n_published", "partial", "backend", "device", "dtype", "limit", "protocol", "settings",
     "settings_hash", "prompting", "chat_template", "sampling_sent", "max_tokens", "attempts", "max_model_len",
-    "prompt_tokens", "truncated", "test_sha256", "duration_s", "generation_s",
+    "prompt_tokens", "truncated", "test_sha256", "duration_s", "generation_s", "timings_s",
     "tokenizer", "generation_settings", "ignored_config_keys", "weight_files",
 }
 OFFLINE = ("aime2025", "arenahardwriting", "bfcl", "gsm8k", "healthbench", "humaneval")

@@ -187,8 +187,9 @@ def test_redteam_agent_gets_nothing_and_every_attempt_is_traced(tmp_path: Path, 
     (base_dir / "config.json").write_text("{}")
     pristine = PROJECT / "src" / "posttrainbench" / "evaluation.py"
     targets = {
-        "read": [str(hidden_test), str(pristine), str(PROJECT / "src" / "posttrainbench" / "benchmarks.py"),
-                 str(other_cell / "notes.txt"), "/root/.bash_history", "/etc/shadow", root_only_system_file]
+        "read": [str(hidden_test), str(pristine),
+                 str(PROJECT / "src" / "posttrainbench" / "benchmarks" / "gsm8k.py"), str(other_cell / "notes.txt"),
+                 "/root/.bash_history", "/etc/shadow", root_only_system_file]
                 + [p for p in [root_only_sys_file()] if p],
         "list": [[str(PROJECT), "src"], [str(PROJECT), "resources"], [str(PROJECT), "tests"],
                  [str(tmp_path / "runs"), "other-agent"], [str(tmp_path), "resources"]],
@@ -496,8 +497,9 @@ def test_deadline_kills_sandboxed_agent_and_its_checkpoint_is_evaluated(tmp_path
     assert (checkpoint / "model.safetensors").is_file()
     bench = tmp_path / "bench"
     stage_benchmark("gsm8k", bench)
-    result = evaluate_checkpoint(checkpoint, "gsm8k", bench, limit=2, max_gen_toks=8, batch_size=2,
-                                 device="cpu", dtype="float32", samples_path=None, apply_chat_template=False)
+    result = evaluate_checkpoint(checkpoint, "gsm8k", bench, limit=2, max_tokens=8, batch_size=2,
+                                 device="cpu", dtype="float32", samples_path=None, prompting="few-shot",
+                                 base_dir=tiny_model_dir)
     assert result["n"] == 2 and 0.0 <= result["score"] <= 1.0
 
 
@@ -521,11 +523,11 @@ def test_evaluation_helper_runs_in_the_sandbox_and_is_hashed_before_and_after(tm
         import os, subprocess, sys
         subprocess.run([sys.executable, "evaluation/evaluate.py", "--model", os.environ["PTB_BASE_MODEL"],
                         "--limit", "2"], check=True)
-        open("evaluation/ptb_harness/benchmarks.py", "a").write("# tampered\\n")
+        open("evaluation/ptb_harness/benchmarks/gsm8k.py", "a").write("# tampered\\n")
     """))
     spec = {"type": "command", "command": [sys.executable, "agent.py"], "files": [str(script)]}
     config = {"evaluation": {"device": "cpu", "dtype": "float32", "batch_size": 2,
-                             "per_benchmark": {"gsm8k": {"max_gen_toks": 8}}}}
+                             "per_benchmark": {"gsm8k": {"max_tokens": 8}}}}
     record = run_cell(CELL, spec, run_dir=tmp_path / "run", base_dir=tiny_model_dir, instruct_dir=None,
                       train_data=None, budget={"hours": 0.05, "gpus": 0, "grace_seconds": 1}, threads=2,
                       config=config, benchmark_dir=bench,
@@ -538,7 +540,7 @@ def test_evaluation_helper_runs_in_the_sandbox_and_is_hashed_before_and_after(tm
     before, after = record["harness_manifest"], record["harness_manifest_after"]
     assert "evaluation/ptb_harness/evaluation.py" in before and "evaluation/data/test.jsonl" in before
     changed = sorted(k for k in before if before[k] != after.get(k))
-    assert changed == ["evaluation/ptb_harness/benchmarks.py"]
+    assert changed == ["evaluation/ptb_harness/benchmarks/gsm8k.py"]
     lines = (tmp_path / "run" / "workspace" / "evaluation" / "data" / "test.jsonl").read_text().splitlines()
     assert len(lines) == 3 and lines == (bench / "test.jsonl").read_text().splitlines()[:3]
 

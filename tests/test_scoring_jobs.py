@@ -197,7 +197,8 @@ def test_grading_failure_is_recorded_not_raised(tmp_path, tiny_model_dir):
 
     stage_benchmark("healthbench", tmp_path / "bench")
     cell = Cell("agent-x", "tiny", "healthbench", 1)
-    options = {"backend": "hf", "device": "cpu", "limit": 1, "per_benchmark": {"healthbench": {"max_tokens": 4}},
+    options = {"backend": "hf", "device": "cpu", "limit": 1, "templates": {"use": "project"},
+               "per_benchmark": {"healthbench": {"max_tokens": 4}},
                "grader": {"base_url": "http://127.0.0.1:9/v1", "model": "none", "retries": 0, "timeout_seconds": 5}}
     record = evaluate_cell(cell, run_json=make_run(tmp_path, tiny_model_dir), benchmark_dir=tmp_path / "bench",
                            base_dir=tiny_model_dir,

@@ -44,7 +44,7 @@ class EvaluationError(RuntimeError):
 
 class InfrastructureError(RuntimeError):
     """A fault of the pipeline or its staged inputs, never of the checkpoint: it fails the job instead of
-    being recorded as the cell's outcome (evaluation re-raises it from inside lm-eval too)."""
+    being recorded as the cell's outcome."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,6 +399,7 @@ def evaluate_checkpoint(
             raise
         except Exception as exc:  # the view promises those two on any input: anything else is a bug here
             raise InfrastructureError(f"preparing the evaluation view failed: {_first_line(exc)}") from exc
+        view_s = time.monotonic() - started
         tokenizer, requests, prepared = prepare_requests(
             view, spec, records, benchmark_dir, proto, prompting=prompting, family=family,
             family_dir=base_dir if base_dir is not None else model_dir, templates=templates,
@@ -406,6 +407,7 @@ def evaluate_checkpoint(
         ladder, demos, template_label, template_sha = (prepared["ladder"], prepared["demos"],
                                                        prepared["template_label"], prepared["template_sha256"])
         max_model_len = requests[0].max_model_len
+        requests_s = time.monotonic() - started - view_s
         if requests_out is not None:
             write_requests(requests, Path(requests_out))
         occurring = added_tokens_in_inputs(view.added_tokens, [r.prompt for r in requests] + [r.tools for r in requests])
@@ -423,10 +425,12 @@ def evaluate_checkpoint(
         stop_ids = stop_token_ids(model_dir, tokenizer)
         attempts: list[dict[str, Any]] = []
         responses = None
+        engine_started = time.monotonic()
         with open_engine(backend, view.model_dir, tokenizer, device=resolved_device, dtype=resolved_dtype,
                          batch_size=batch_size, max_model_len=max_model_len, stop_ids=stop_ids,
                          request_timeout=timeout_seconds or 3600, server_log=server_log, server=server) as engine:
             generation_started = time.monotonic()
+            engine_s = generation_started - engine_started
             for rung_tokens, tries in ladder:
                 for _ in range(tries):
                     try:
@@ -448,7 +452,9 @@ def evaluate_checkpoint(
             raise AttemptsExhausted(f"generation failed on every attempt: {attempts[-1]['error']}", attempts)
         if spec.template == "tool_calling" and prompting == "chat":
             responses = with_tool_calls(responses)
+        scoring_started = time.monotonic()
         scores = _score(spec, records, responses, code_execution)
+        scoring_s = time.monotonic() - scoring_started
 
     graded = spec.graded
     if samples_path is not None:
@@ -485,6 +491,10 @@ def evaluate_checkpoint(
         "test_sha256": meta["sha256"],
         "duration_s": round(time.monotonic() - started, 2),
         "generation_s": round(generation_s, 2),
+        # Where a cell's wall time goes: checks and view, building the requests, loading the model or starting the
+        # server, generation (every attempt), scoring (HumanEval's programs included).
+        "timings_s": {"view": round(view_s, 2), "requests": round(requests_s, 2), "engine_start": round(engine_s, 2),
+                      "generation": round(generation_s, 2), "scoring": round(scoring_s, 2)},
         **view.record,
     }
 
