@@ -354,3 +354,17 @@ def test_healthbench_items_are_the_published_list_and_subsets_are_refused(staged
     with pytest.raises(bm.BenchmarkNotAvailable, match="neither 'published' nor a local copy"):
         bm.stage_benchmark("healthbench", tmp_path / "h", source="ftp://example.org/x.jsonl")
     assert not (tmp_path / "h").exists()
+
+
+def test_every_benchmark_module_declares_a_consistent_protocol():
+    """The registry and the modules agree: one module per key, each SPEC names its key, graded benchmarks are the
+    registry's graded ones, ladders are published-length (three rungs, decreasing) with attempts per rung."""
+    for key in bm.BENCHMARKS:
+        spec = bm.get_spec(key)
+        assert spec.key == key and spec.published_items > 0
+        assert spec.graded == (key in bm.GRADED_BENCHMARKS)
+        assert len(spec.ladder) == len(spec.attempts) == 3 and list(spec.ladder) == sorted(spec.ladder, reverse=True)
+        assert spec.attempts == (4, 3, 2)
+        assert spec.template in ("chat", "tool_calling") and (spec.template == "tool_calling") == (key == "bfcl")
+    with pytest.raises(KeyError, match="unknown benchmark 'mmlu'; known: aime2025"):
+        bm.get_spec("mmlu")

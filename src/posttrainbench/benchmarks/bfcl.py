@@ -107,7 +107,9 @@ def exec_simple_records() -> tuple[list[Record], dict[str, str]]:
 
 
 def _dist_version() -> str:
-    return _version("bfcl-eval")
+    from . import _dist_version as version
+
+    return version("bfcl-eval")
 
 
 def unscored_records() -> list[Record]:
@@ -339,6 +341,5 @@ SPEC = Benchmark(
     tools=tools,
     template="tool_calling",
     settings={"category": CATEGORY, "hub_revision": HUB_REVISION, "tool_choice": TOOL_CHOICE,
-              "tool_call_parser": TOOL_CALL_PARSER, "scorer": "inspect_evals bfcl_scorer",
-              "inspect_evals": _version("inspect_evals"), "inspect_ai": _version("inspect_ai")},
+              "tool_call_parser": TOOL_CALL_PARSER, "scorer": "inspect_evals bfcl_scorer"},
 )

@@ -17,7 +17,6 @@ solver and ``choice()`` scorer on the 448 ``gpqa_main`` questions with their fou
 
 from __future__ import annotations
 
-import importlib.metadata
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,12 +33,6 @@ COLUMNS = ("Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Inc
            "Incorrect Answer 3")
 PLAIN_STOP = ("\n\nQuestion:", "\n\n\n\n")
 
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -183,5 +176,5 @@ SPEC = Benchmark(
     plain_prompt=plain_prompt,
     plain_stop=PLAIN_STOP,
     settings={"choice_shuffle": "seeded at staging", "choice_shuffle_seed": SHUFFLE_SEED,
-              "solver": "multiple_choice(cot=True)", "scorer": "choice()", "inspect_ai": _version("inspect_ai")},
+              "solver": "multiple_choice(cot=True)", "scorer": "choice()"},
 )

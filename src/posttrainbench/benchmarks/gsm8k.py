@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any, Callable, Sequence
 
 from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
@@ -25,12 +24,6 @@ FEWSHOT_SEED = 42
 TEST_SIZE, TRAIN_SIZE = 1319, 7473
 PLAIN_STOP = ("Question:", "</s>", "<|im_end|>", "\n\n\n")
 
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _task_module():
@@ -180,6 +173,5 @@ SPEC = Benchmark(
     plain_prompt=plain_prompt,
     plain_stop=PLAIN_STOP,
     settings={"fewshot": FEWSHOT, "fewshot_seed": FEWSHOT_SEED, "fewshot_split": "train",
-              "scorer": "match(numeric=True)", "inspect_evals": _version("inspect_evals"),
-              "inspect_ai": _version("inspect_ai")},
+              "scorer": "match(numeric=True)"},
 )

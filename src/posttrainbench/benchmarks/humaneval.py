@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any, Iterable, Sequence
 
 from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
@@ -34,12 +33,6 @@ TEST_SIZE = 164
 PLAIN_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 REQUIRED_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _task_module():
@@ -185,5 +178,5 @@ SPEC = Benchmark(
     plain_stop=PLAIN_STOP,
     score_batch=lambda records, responses, code_execution: score_programs(zip(records, responses), code_execution),
     settings={"instruction": "inspect_evals.humaneval.INSTRUCTION", "extraction": "inspect_evals find_code",
-              "verify_timeout_s": 30, "samples_per_item": 1, "inspect_evals": _version("inspect_evals")},
+              "verify_timeout_s": 30, "samples_per_item": 1},
 )

@@ -11,19 +11,16 @@ __all__ = ["REASON_OF_CHECK", "REFERENCE_DATA_MANIFEST", "judge_run", "default_t
 # Every judge job's view of the test sets and allowed data (rule judge_reference_data writes it).
 REFERENCE_DATA_MANIFEST = "resources/judge/reference_data.json"
 
-# Benchmarks whose test set only the hub has: scanned only where the config runs them (their staging needs access).
-NEEDS_HUB = frozenset({"gpqamain"})
-
 
 def default_test_sets(config: dict) -> list[str]:
     """``judge.contamination.test_sets`` when set, else the config's benchmarks plus every benchmark whose test set
     the stage rule can produce offline (GPQA, gated on the hub, only when the config runs it)."""
-    from ..benchmarks import BENCHMARK_INFO
+    from ..benchmarks import BENCHMARKS, NEEDS_HUB
 
     explicit = config.get("judge", {}).get("contamination", {}).get("test_sets")
     if explicit is not None:
         return sorted(set(explicit))
-    offline = {key for key, info in BENCHMARK_INFO.items() if info.implemented and key not in NEEDS_HUB}
+    offline = {key for key in BENCHMARKS if key not in NEEDS_HUB}
     return sorted(set(config["benchmarks"]) | offline)
 
 
