@@ -151,7 +151,8 @@ def check_rungs(engine, server, longest: dict[str, Request], ladders: dict[str, 
 
 def vllm_throughput(engine, server, requests: list[Request], new_tokens: int) -> dict:
     greedy = [replace(r, sampling={"temperature": 0.0, "min_tokens": new_tokens}) for r in requests]
-    engine.generate(greedy[:2], 8, seed=0)  # warm the path; CUDA graphs were captured at start
+    warm = [replace(r, sampling={"temperature": 0.0}) for r in requests[:2]]
+    engine.generate(warm, 8, seed=0)  # warm the path; CUDA graphs were captured at start
     before = server_counters(server.base_url)
     started = time.monotonic()
     responses = engine.generate(greedy, new_tokens, seed=0)
@@ -172,10 +173,10 @@ def hf_throughput(model_dir: Path, tokenizer, stop_ids, requests: list[Request],
     engine = HFEngine(model_dir, tokenizer, device=device, dtype="bfloat16", batch_size=len(requests),
                       stop_ids=stop_ids)
     load_s = time.monotonic() - started
-    # transformers' counterpart of vLLM's min_tokens: no stop token before new_tokens, so lengths are equal.
-    engine.model.generation_config.min_new_tokens = new_tokens
     greedy = [replace(r, sampling={"temperature": 0.0}) for r in requests]
     engine.generate(greedy[:2], 8, seed=0)  # kernels and allocator warm
+    # transformers' counterpart of vLLM's min_tokens: no stop token before new_tokens, so lengths are equal.
+    engine.model.generation_config.min_new_tokens = new_tokens
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     started = time.monotonic()
@@ -209,7 +210,12 @@ def finish_toolcall_check(proc: subprocess.Popen, texts: list[str]) -> dict:
     out, err = proc.communicate(json.dumps(texts), timeout=600)
     if proc.returncode != 0:
         return {"ok": False, "error": err[-1500:]}
-    results = list(zip(texts, json.loads(out)))
+    # vLLM may log to stdout on import: the results are the script's last line.
+    lines = out.strip().splitlines()
+    try:
+        results = list(zip(texts, json.loads(lines[-1] if lines else "")))
+    except ValueError:
+        return {"ok": False, "error": f"no results from vLLM's parser: {out[-500:]} {err[-1000:]}"}
     verdict = {"vllm": importlib.metadata.version("vllm"), "texts": len(texts),
                "texts_with_calls": sum(r["tools_called"] for _, r in results)}
     try:

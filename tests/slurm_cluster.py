@@ -319,8 +319,8 @@ def workflow_config(workdir: Path) -> Path:
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     # Shorter generations than tests/test_workflow.py: the scores do not matter here, the jobs do.
-    config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 4, "max_gen_toks": 64},
-                                             "humaneval": {"limit": 3, "max_gen_toks": 64}}
+    config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 2, "max_tokens": 64},
+                                             "humaneval": {"limit": 3, "max_tokens": 64}}
     config["agents"]["reference-sft"]["sft"].update(max_steps=3, max_examples=64, max_length=256)
     config["resources"] = {
         "agent": {"mem_mb": 3000, "threads": 1, "gpus": 1, "runtime_minutes": 20},

@@ -337,7 +337,7 @@ def test_evaluation_helper_scores_inside_a_sandboxed_agent(tmp_path, tiny_model_
     """))
     spec = {"type": "command", "command": [sys.executable, "agent.py"], "files": [str(script)]}
     config = {"evaluation": {"device": "cpu", "dtype": "float32", "batch_size": 2,
-                             "per_benchmark": {benchmark: {"max_gen_toks": 8}}}}
+                             "per_benchmark": {benchmark: {"max_tokens": 8}}}}
     run_dir = tmp_path / "run"
     record = run_cell(Cell("helper", "tiny", benchmark, 1), spec, run_dir=run_dir, base_dir=tiny_model_dir,
                       instruct_dir=None, train_data=None, budget={"hours": 0.1, "gpus": 0, "grace_seconds": 1},

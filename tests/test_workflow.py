@@ -114,8 +114,8 @@ def embedded_run(tmp_path_factory) -> Path:
     """The embedded default, with fewer items and SFT steps, run by Snakemake in a fresh directory."""
     workdir = tmp_path_factory.mktemp("workflow")
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 4, "max_gen_toks": 128},
-                                             "humaneval": {"limit": 3, "max_gen_toks": 160}}
+    config["evaluation"]["per_benchmark"] = {"gsm8k": {"limit": 2, "max_tokens": 64},
+                                             "humaneval": {"limit": 3, "max_tokens": 160}}
     config["agents"]["reference-sft"]["sft"].update(max_steps=3, max_examples=64, max_length=256)
     config["agents"]["base-fewshot"] = {"type": "builtin", "recipe": "base", "prompting": "few-shot"}
     # Hostile submissions through the real runner, evaluator and judge (tests/sandbox_probes/hostile_submission.py).
@@ -164,19 +164,35 @@ def test_embedded_default_end_to_end(embedded_run: Path):
         assert {"gsm8k", "humaneval"} <= set(row)
     weights = json.loads((results / "leaderboard.weights.json").read_text())
     assert weights["source"] == "config"
+    from transformers import AutoTokenizer
+
+    from posttrainbench.eval_requests import render_chat
+    from posttrainbench.evaluation import family_chat_template
+
+    base_tokenizer = AutoTokenizer.from_pretrained(embedded_run / "resources" / "models" / "smollm2-135m" / "base")
     for agent in ("base", "base-fewshot", "reference-sft"):
-        for bench, n in (("gsm8k", 4), ("humaneval", 3)):
+        for bench, n in (("gsm8k", 2), ("humaneval", 3)):
             record = json.loads((results / "evals" / agent / "smollm2-135m" / bench / "seed1.json").read_text())
             assert record["status"] == "ok", record
             assert record["n"] == n and 0 <= record["score"] <= 1 and record["backend"] == "hf"
             assert len(record["test_sha256"]) == 64
-            # Post-trained and zero-shot rows get the smollm family's template; the few-shot row plain text.
+            assert record["protocol"] == "posttrainbench-v1" and len(record["settings_hash"]) == 16
+            # What was actually sent: the chat rows the benchmark module's messages through the smollm family's
+            # template (never the checkpoint's), the few-shot row its plain demonstrations.
+            samples = [json.loads(line) for line in (results / "evals" / agent / "smollm2-135m" / bench /
+                                                     "seed1.samples.jsonl").read_text().splitlines()]
+            assert len(samples) == n
             if agent == "base-fewshot":
-                assert (record["prompting"], record["apply_chat_template"], record["chat_template_source"]) == \
-                    ("few-shot", False, "none")
-                assert record["num_fewshot"] == (4 if bench == "gsm8k" else 0)
+                assert (record["prompting"], record["chat_template"]) == ("few-shot", None)
+                assert all(s["messages"] is None and "<|im_start|>" not in s["prompt"] for s in samples)
             else:
-                assert (record["prompting"], record["chat_template_source"]) == ("chat", "family:smollm")
+                assert (record["prompting"], record["chat_template"]) == ("chat", "project:chatml.jinja")
+                for sample in samples:
+                    assert sample["prompt"] == render_chat(base_tokenizer, sample["messages"], None,
+                                                           family_chat_template("smollm"))
+                if bench == "gsm8k":  # inspect_evals' 10-shot system turn, then the item
+                    assert samples[0]["messages"][0]["role"] == "system"
+                    assert samples[0]["messages"][0]["content"].count("ANSWER:") == 10
             verdict_path = results / "judge" / agent / "smollm2-135m" / bench / "seed1.json"
             if agent in REFERENCE_AGENTS:
                 assert not verdict_path.exists()
@@ -187,10 +203,6 @@ def test_embedded_default_end_to_end(embedded_run: Path):
             run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
             assert run["status"] == "ok"
     # reference-sft trained (in its sandbox) in the template evaluation forces, and its checkpoint carries it.
-    from transformers import AutoTokenizer
-
-    from posttrainbench.evaluation import family_chat_template
-
     checkpoint = results / "runs" / "reference-sft" / "smollm2-135m" / "gsm8k" / "seed1" / "final_model"
     assert AutoTokenizer.from_pretrained(checkpoint).chat_template == family_chat_template("smollm")
     for plot in ("leaderboard.png", "heatmap.png"):
