@@ -97,3 +97,25 @@ rule grade:
         evaluation=config["evaluation"],
     script:
         "../scripts/grade.py"
+
+
+# Arena-Hard's baseline answers regenerated with a model's instruct row (the published answers are Qwen3-1.7B's:
+# run it for the Qwen3-1.7B entry), for sites that would rather generate than fetch them. Not part of `all`: ask
+# for resources/arenahardwriting/baseline-<model>.jsonl, then set
+# evaluation.per_benchmark.arenahardwriting.source to it.
+rule regenerate_arena_baseline:
+    input:
+        generated="results/generations/instruct/{model}/arenahardwriting/seed1.json",
+        test="resources/benchmarks/arenahardwriting/test.jsonl",
+    output:
+        "resources/arenahardwriting/baseline-{model}.jsonl",
+    log:
+        "logs/stage/arenahardwriting/baseline-{model}.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/regenerate_arena_baseline.py"

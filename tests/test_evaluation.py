@@ -338,3 +338,25 @@ def test_gemma3_template_turns(smollm2_dir):
                     "<start_of_turn>model\n")
 
 
+
+
+def test_ptb_requests_command_writes_the_documented_fields(tiny_model_dir, bench_root, tmp_path, capsys):
+    """``ptb requests`` through its command line: one object per item with exactly the documented keys, the BFCL
+    tools as sent, and a clear error (exit 2) for a benchmark the pipeline does not know."""
+    from posttrainbench.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(Path("config/config.yaml").read_text())
+    out = tmp_path / "bfcl.jsonl"
+    assert main(["requests", "--config", str(config), "--benchmark", "bfcl", "--model-dir", str(tiny_model_dir),
+                 "--limit", "3", "--out", str(out), "--benchmark-dir", str(bench_root / "bfcl")]) == 0
+    lines = _read_jsonl(out)
+    assert len(lines) == 3
+    assert all(set(line) == {"item_id", "messages", "prompt", "prompt_tokens", "max_tokens", "max_model_len",
+                             "sampling", "tools"} for line in lines)
+    spec, items = bm.get_spec("bfcl"), bm.read_test_records(bench_root / "bfcl")
+    assert [line["tools"] for line in lines] == [spec.tools(item) for item in items[:3]]
+    assert all(line["max_tokens"] == 16000 and line["sampling"] == {} for line in lines)
+    assert main(["requests", "--config", str(config), "--benchmark", "mmlu", "--model-dir", str(tiny_model_dir),
+                 "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "unknown benchmark 'mmlu'" in capsys.readouterr().err
