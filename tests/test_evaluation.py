@@ -360,3 +360,20 @@ def test_ptb_requests_command_writes_the_documented_fields(tiny_model_dir, bench
     assert main(["requests", "--config", str(config), "--benchmark", "mmlu", "--model-dir", str(tiny_model_dir),
                  "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "unknown benchmark 'mmlu'" in capsys.readouterr().err
+
+
+def test_transformers_sampling_matches_vllms_defaults():
+    """The hf engine samples as vLLM does for the same request: nothing sent means temperature 1, no top-k and no
+    top-p cut (transformers' own top-k default of 50 must not apply); temperature 0 is greedy."""
+    from types import SimpleNamespace
+
+    from posttrainbench.generation import HFEngine
+
+    engine = SimpleNamespace(stop_ids=[2], pad_id=2)
+    published = HFEngine._kwargs(engine, {}, 16)
+    assert (published["do_sample"], published["temperature"], published["top_k"], published["top_p"]) == \
+        (True, 1.0, 0, 1.0)
+    qwen = HFEngine._kwargs(engine, {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}, 16)
+    assert (qwen["temperature"], qwen["top_p"], qwen["top_k"]) == (0.6, 0.95, 20) and "min_p" not in qwen
+    assert HFEngine._kwargs(engine, {"temperature": 0.0}, 16)["do_sample"] is False
+    assert HFEngine._kwargs(engine, {"top_k": -1}, 16)["top_k"] == 0

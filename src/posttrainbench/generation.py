@@ -83,8 +83,10 @@ class HFEngine:
                                   "pad_token_id": self.pad_id}
         if temperature <= 0:
             return {**kwargs, "do_sample": False}
+        # vLLM's defaults where the request sets nothing: no top-k (transformers' own default would be 50).
+        top_k = int(sampling.get("top_k", 0))
         kwargs.update(do_sample=True, temperature=temperature, top_p=float(sampling.get("top_p", 1.0)),
-                      top_k=int(sampling.get("top_k", 0)) if int(sampling.get("top_k", 0)) > 0 else None)
+                      top_k=top_k if top_k > 0 else 0)
         if sampling.get("min_p"):
             kwargs["min_p"] = float(sampling["min_p"])
         if sampling.get("repetition_penalty", 1.0) != 1.0:
