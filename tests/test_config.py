@@ -31,7 +31,7 @@ def test_embedded_default_is_valid_and_gets_defaults():
     assert config["evaluation"]["code_timeout_seconds"] == 30  # the published limit per program
     assert config["evaluation"]["protocol"] == "posttrainbench-v1"
     assert config["evaluation"]["templates"] == {"use": "project", "source": None}  # embedded default: offline
-    assert config["evaluation"]["per_benchmark"]["gsm8k"] == {"limit": 16, "max_tokens": 192}
+    assert config["evaluation"]["per_benchmark"]["gsm8k"] == {"limit": 4, "max_tokens": 192}
     assert config["agents"]["reference-sft"]["sft"]["bf16"] == "auto"
     assert config["models"]["smollm2-135m"]["instruct"] is None
     cells = list(iter_cells(config))

