@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def pins(*names: str) -> dict[str, str]:
 
 
 ALL_PINS = pins("pipeline.txt", "data.txt", "vllm.txt", "eval-gpu.txt")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def base_image_pins() -> dict[str, str]:
+    """envs/base-images.txt: ``name:tag`` -> ``sha256:<digest>`` or ``tag-only``."""
+    rows = {}
+    for line in (ROOT / "envs" / "base-images.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            tag, pin = line.split()
+            assert pin == "tag-only" or DIGEST.fullmatch(pin), f"envs/base-images.txt: {tag} has pin {pin!r}"
+            rows[tag] = pin
+    return rows
 
 
 def parse(image: str) -> SingularityParser:
@@ -38,6 +51,24 @@ def recipe(image: str):
     return only
 
 
+def base_tag(image: str) -> str:
+    """The ``name:tag`` a definition's base stands for: its own tag, or its digest's row in the pin file."""
+    header = recipe(image).fromHeader
+    name, at, digest = header.partition("@")
+    if at:
+        (tag,) = [t for t, pin in base_image_pins().items() if pin == digest and t.rpartition(":")[0] == name]
+        return tag
+    return header
+
+
+def section(image: str, name: str) -> str:
+    """A section's raw text (spython keeps %test only as a script name)."""
+    text = (ROOT / "containers" / f"{image}.def").read_text()
+    match = re.search(rf"^%{name}\n(.*?)(?=^%|\Z)", text, flags=re.M | re.S)
+    assert match, f"{image}.def has no %{name} section"
+    return match.group(1)
+
+
 def post_commands(image: str) -> str:
     """%post as one string, continuation lines joined."""
     return "\n".join(recipe(image).install).replace("\\\n", " ")
@@ -46,8 +77,6 @@ def post_commands(image: str) -> str:
 @pytest.mark.parametrize("image", IMAGES)
 def test_definition_parses_and_is_complete(image):
     rec = recipe(image)
-    base, _, tag = rec.fromHeader.rpartition(":")
-    assert base and tag and tag != "latest", f"{image}.def: base image {rec.fromHeader!r} must carry a fixed tag"
     assert f"org.posttrainbench.image {image}" in rec.labels
     assert rec.install and rec.environ and rec.cmd == 'exec "$@"'
     assert rec.test, f"{image}.def has no %test section"
@@ -57,6 +86,55 @@ def test_definition_parses_and_is_complete(image):
     # spython can also write the recipe as a Dockerfile: a second, independent reading of every section.
     dockerfile = DockerWriter(parse(image).recipe).convert()
     assert dockerfile.startswith(f"FROM {rec.fromHeader}") and "RUN " in dockerfile
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_base_image_is_pinned(image):
+    """By digest (``name@sha256:...``, listed with its tag in envs/base-images.txt), or by a fixed tag the
+    pin file lists as ``tag-only``: its digest could not be resolved where the definition was written."""
+    header, pinned = recipe(image).fromHeader, base_image_pins()
+    name, at, digest = header.partition("@")
+    if at:
+        assert DIGEST.fullmatch(digest), f"{image}.def: {header!r} is not name@sha256:<64 hex>"
+        assert ":" not in name, f"{image}.def: {header!r} names a tag and a digest (Apptainer takes one)"
+        rows = [tag for tag, pin in pinned.items() if pin == digest]
+        assert len(rows) == 1 and rows[0].rpartition(":")[0] == name, \
+            f"{image}.def: digest {digest} has no single {name}:<tag> row in envs/base-images.txt"
+    else:
+        name, _, tag = header.rpartition(":")
+        assert name and tag and tag != "latest", f"{image}.def: base image {header!r} must carry a fixed tag"
+        assert pinned.get(header) == "tag-only", \
+            f"{image}.def: base {header!r} is neither a digest nor a tag-only row of envs/base-images.txt"
+
+
+def test_base_image_pin_file_has_no_stale_rows():
+    used = {base_tag(image) for image in IMAGES}
+    assert set(base_image_pins()) == used
+
+
+@pytest.mark.parametrize("image", ["eval", "judge"])
+def test_image_records_its_package_for_the_job_start_check(image):
+    """The image installs the copied src/ and records it (posttrainbench.image_check) after the install;
+    its %test runs the check against the copy."""
+    from posttrainbench.image_check import RECORD
+
+    rec = recipe(image)
+    assert "src /opt/ptb/src" in rec.files
+    commands = post_commands(image)
+    install = commands.index("pip install --no-cache-dir --no-deps /opt/ptb")
+    record = commands.index(f"cd / && python -m posttrainbench.image_check record --image {image} "
+                            "--source /opt/ptb/src/posttrainbench")
+    assert install < record
+    assert str(RECORD).startswith("/opt/ptb/")
+    assert "cd / && python -m posttrainbench.image_check check /opt/ptb/src/posttrainbench" in section(image, "test")
+
+
+def test_judge_image_reads_parquet_and_arrow():
+    """The judge scans Parquet and Arrow files through pyarrow; without it they would go unread."""
+    assert "import pyarrow" in (ROOT / "src" / "posttrainbench" / "judge" / "files.py").read_text()
+    assert re.search(r"-c /opt/ptb/envs/pipeline\.txt [^\n]*\bpyarrow\b", post_commands("judge"))
+    assert "pyarrow" in ALL_PINS
+    assert "pyarrow.parquet" in section("judge", "test") and "pyarrow.ipc" in section("judge", "test")
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -87,11 +165,13 @@ def test_every_pip_install_is_pinned_by_envs(image):
 
 def test_gpu_and_cpu_pins_agree():
     vllm = pins("eval-gpu.txt")["vllm"]
-    assert recipe("eval").fromHeader == f"vllm/vllm-openai:v{vllm}"
+    assert base_tag("eval") == f"vllm/vllm-openai:v{vllm}"
+    assert f"vllm.__version__ == '{vllm}'" in section("eval", "test")
     assert pins("gpu-vllm.txt")["vllm"] == vllm, "the CUDA eval image runs the vLLM release verified on a GPU"
     torch = pins("pipeline.txt")["torch"]
     assert f"torch=={torch} --index-url https://download.pytorch.org/whl/cu128" in post_commands("agent")
-    assert "cuda:12.8" in recipe("agent").fromHeader
+    assert base_tag("agent").startswith("nvidia/cuda:12.8.")
+    assert f'"$CUDA_VERSION" = {base_tag("agent").split(":")[1].split("-")[0]}' in section("agent", "test")
     assert f"torch=={torch} --index-url https://download.pytorch.org/whl/cpu" in post_commands("judge")
 
 
@@ -109,3 +189,12 @@ def test_rules_run_in_the_images():
     assert 'container:\n        "containers/eval.sif"' in (ROOT / "rules" / "evaluate.smk").read_text()
     assert 'container:\n        "containers/judge.sif"' in (ROOT / "rules" / "judge.smk").read_text()
     assert "container:" not in (ROOT / "rules" / "agent.smk").read_text()
+
+
+def test_built_images_and_build_caches_are_not_tracked():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["containers/agent.sif", "containers/eval.sif", "judge.sif", ".apptainer-cache/blob", ".apptainer-tmp/x"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", "containers/agent.def"], cwd=ROOT).returncode == 1

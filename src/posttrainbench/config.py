@@ -122,7 +122,21 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def _check_sandbox(config: dict) -> None:
+    """What the agents' sandbox needs: an image for apptainer (whether the file exists is checked by the agent
+    job, where the image is used: a dry run needs none), an opt-in for GPU budgets in bubblewrap."""
+    sandbox, gpus = config["sandbox"], config["budget"]["gpus"]
+    if sandbox["backend"] == "apptainer" and not sandbox.get("image"):
+        raise ConfigError("config key 'sandbox.image' is required with sandbox.backend apptainer (containers/agent.sif)")
+    # backend auto resolves on the node that runs the agent: the agent job refuses bubblewrap there
+    if sandbox["backend"] == "bubblewrap" and gpus > 0 and not sandbox.get("allow_bubblewrap_with_gpus"):
+        raise ConfigError(f"config key 'sandbox.backend' is 'bubblewrap' with budget.gpus {gpus}: agents would "
+                          "train in the pipeline's environment, not the agent image; set backend apptainer with "
+                          "sandbox.image, or sandbox.allow_bubblewrap_with_gpus: true")
+
+
 def _check_semantics(config: dict) -> None:
+    _check_sandbox(config)
     agents = config["agents"]
     for name, spec in agents.items():
         recipe_and_prompting = (spec.get("recipe"), spec.get("prompting", "chat"))

@@ -9,6 +9,15 @@ import os
 import sys
 from pathlib import Path
 
+from .image_check import check_image_package
+
+
+def checkout_source(snakemake) -> Path:
+    """The workflow's own ``src/posttrainbench``: beside the directory of the rule's script."""
+    scriptdir = getattr(snakemake, "scriptdir", None)
+    root = Path(scriptdir).parent if scriptdir else Path.cwd()
+    return root / "src" / "posttrainbench"
+
 
 @contextlib.contextmanager
 def logged(snakemake):
@@ -26,9 +35,13 @@ def logged(snakemake):
         logging.basicConfig(level=logging.INFO, stream=handle, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
+            # Inside an image, its package must be this checkout's (one line and no traceback otherwise).
+            check_image_package(checkout_source(snakemake))
             yield logging.getLogger(f"posttrainbench.rule.{snakemake.rule}")
         except SystemExit as exc:  # a deliberate exit (the confined run's exit code): no traceback
-            if exc.code not in (0, None):
+            if isinstance(exc.code, str):
+                logging.error("rule %s: %s", snakemake.rule, exc.code)
+            elif exc.code not in (0, None):
                 logging.error("rule %s exited with code %s", snakemake.rule, exc.code)
             raise
         except BaseException:

@@ -32,8 +32,8 @@ from . import workspace as ws
 from .collect import DEFAULT_CAP_FACTOR, Collected, collect_checkpoint, size_text, tree_bytes
 from .fswalk import Walk, open_regular, read_chunks
 from .options import REPROMPT_MIN_MINUTES, adapters, agent_option_problem
-from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, RunOutcome, Sandbox, SandboxError, SandboxSpec, TraceWriter,
-                      get_sandbox, now_iso, sandbox_host_uid)
+from .sandbox import (INHERITED_ENV, TOOLS_MOUNT, InfrastructureError, RunOutcome, Sandbox, SandboxError,
+                      SandboxSpec, TraceWriter, get_sandbox, now_iso, sandbox_host_uid)
 
 log = logging.getLogger(__name__)
 
@@ -471,10 +471,16 @@ def run_cell(
     private.mkdir()
     hours = float(budget["hours"])
     gpus = int(budget["gpus"])
+    # Every attempt's SLURM job, noted before it can die, so the cell's GPU-hours sum all attempts.
+    attempts = accounting.record_attempt(run_dir, gpus)
     timeout = hours * 3600
     deadline = time.time() + timeout
 
     sandbox: Sandbox = get_sandbox(sandbox_config.get("backend", "none"), image=sandbox_config.get("image"))
+    if sandbox.name == "bubblewrap" and gpus > 0 and not sandbox_config.get("allow_bubblewrap_with_gpus"):
+        raise SandboxError(f"budget.gpus is {gpus} but the sandbox is bubblewrap (the pipeline's environment, no "
+                           "CUDA stack of the agent image): use backend apptainer, or set "
+                           "sandbox.allow_bubblewrap_with_gpus: true")
     if not sandbox.isolating:
         log.warning("SANDBOX DISABLED: agent '%s' runs as a plain subprocess (development only)", cell.agent)
     if spec["type"] in CLI_TYPES and not sandbox.isolating:
@@ -551,7 +557,8 @@ def run_cell(
                     box.files.update(credential_mounts)
             outcome, sessions = _run_sessions(sandbox, spec, cell, command, workspace, env, box, trace, budget,
                                               deadline)
-        except (AgentNotRunnable, SandboxError) as exc:
+        except (AgentNotRunnable, InfrastructureError) as exc:
+            # The pipeline could not run the agent: no run.json, the job fails (and is retried).
             trace.event("not_runnable", error=str(exc))
             raise
     finally:
@@ -612,8 +619,9 @@ def run_cell(
         budget_fraction=round(outcome.wall_seconds / timeout, 4),
         exit_code=outcome.exit_code,
         timed_out=outcome.timed_out,
-        # SLURM accounting in a job, else wall x GPUs
-        **attempt("GPU accounting", lambda: accounting.cell_gpu_hours(outcome.wall_seconds, gpus), {}),
+        # SLURM's record of every attempt's job, else the budget's GPUs x the elapsed time
+        **attempt("GPU accounting", lambda: accounting.cell_gpu_hours(outcome.wall_seconds, gpus,
+                                                                      attempts=attempts), {}),
         final_model=str(final_model) if final_model else None,
         checkpoint_bytes=collected.size_bytes,
         checkpoint_cap_bytes=max_bytes,

@@ -40,6 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
+from ..evaluation import InfrastructureError  # a fault of the pipeline, never the agent's outcome
+
 # Variables an agent process may inherit from the pipeline; everything else (grader and judge
 # keys above all) is dropped. Agent-specific keys are added explicitly by the caller.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
@@ -79,6 +81,7 @@ class TraceWriter:
         self._output_left = output_limit
         self.output_limit = output_limit
         self.dropped = {"lines": 0, "bytes": 0}
+        self.last_stderr = ""  # the last line on stderr: the reason when a sandbox never started
 
     def event(self, kind: str, **fields) -> None:
         record = {"time": now_iso(), "type": kind, **fields}
@@ -88,6 +91,8 @@ class TraceWriter:
     def output(self, stream: str, text: str, length: int, truncated: bool) -> None:
         """One line of the agent's output (``length`` bytes, ``text`` possibly cut short)."""
         record = {"time": now_iso(), "type": stream, "text": text}
+        if stream == "stderr" and text.strip():
+            self.last_stderr = " ".join(text.split())[:300]
         if truncated:
             record.update(truncated=True, length=length)
         self._budgeted(record, length)
@@ -191,8 +196,18 @@ def sandbox_host_uid() -> int:
     return ROOT_MAPS_TO if os.geteuid() == 0 else os.getuid()
 
 
-class SandboxError(RuntimeError):
-    """The sandbox cannot run this command as configured (one-line reason)."""
+class SandboxError(InfrastructureError):
+    """The pipeline could not run the agent (sandbox, image, egress gateway, launch): the job fails with this
+    one-line reason and is retried; it is never recorded as the agent's outcome."""
+
+
+# Run inside the sandbox before the agent's command: it writes "S" to the start descriptor, marks that
+# descriptor close-on-exec (the agent never holds it) and execs the command; an exec that fails is written
+# back as "E<reason>". No "S" means the sandbox itself never started.
+START_LAUNCHER = ("import os,sys\n"
+                  "fd=int(sys.argv[1]);os.write(fd,b'S');os.set_inheritable(fd,False)\n"
+                  "try:os.execvp(sys.argv[2],sys.argv[2:])\n"
+                  "except OSError as e:os.write(fd,('E%s: %s'%(sys.argv[2],e.strerror or e)).encode()[:500]);os._exit(127)")
 
 
 @dataclass
@@ -220,6 +235,7 @@ class SandboxSpec:
     max_files: int = DEFAULT_MAX_FILES  # entries in the workspace (inodes of the host's file system)
     tmp_mb: int = DEFAULT_TMP_MB  # /tmp (and /run: RUN_TMPFS_MB) in memory
     shm_mb: int = DEFAULT_SHM_MB  # /dev/shm
+    start_fd: int | None = None  # set by Sandbox.run: where the in-sandbox launcher reports the start
 
     def limits(self) -> dict:
         return {"max_processes": self.max_processes, "disk_gb": self.disk_gb, "max_files": self.max_files,
@@ -256,10 +272,17 @@ class Sandbox:
                 f"config key 'sandbox.network' is {spec.network!r}, which needs an isolating backend "
                 "(bubblewrap or apptainer); backend 'none' can only run with network 'open'"
             )
-        return list(command), dict(env)
+        return self._network_command(command, spec, env), dict(env)
 
     def _network_command(self, command: Sequence[str], spec: SandboxSpec, env: dict[str, str]) -> list[str]:
-        """For the proxy policy: start the in-sandbox relay first and point the agent at it."""
+        """For the proxy policy: start the in-sandbox relay first and point the agent at it. Outermost, the
+        start launcher (when ``spec.start_fd`` is set)."""
+        command = self._relayed_command(command, spec, env)
+        if spec.start_fd is None:
+            return command
+        return [self.python, "-I", "-S", "-c", START_LAUNCHER, str(spec.start_fd)] + command
+
+    def _relayed_command(self, command: Sequence[str], spec: SandboxSpec, env: dict[str, str]) -> list[str]:
         if spec.network != "proxy":
             return list(command)
         relay = [self.python, f"{TOOLS_MOUNT}/netrelay.py",
@@ -300,6 +323,8 @@ class Sandbox:
         if spec.private_dir is None and self.isolating:
             scratch = spec.private_dir = Path(tempfile.mkdtemp(prefix="ptb-sandbox-"))
         launch = None
+        start_r, start_w = os.pipe()
+        spec.start_fd = start_w
         try:
             if spec.network == "proxy":
                 from .egress import EgressGateway  # imports this module: import here
@@ -307,15 +332,28 @@ class Sandbox:
                 # A short path of its own: Unix socket paths are limited to about 100 bytes.
                 socket_dir = Path(tempfile.mkdtemp(prefix="ptb-egress-"))
                 socket_dir.chmod(0o755)  # the sandbox's user (not the pipeline's) connects to its sockets
-                gateway = EgressGateway(socket_dir, trace, forwards=spec.forwards,
-                                        allowed_hosts=spec.allowed_hosts).start()
+                gateway = EgressGateway(socket_dir, trace, forwards=spec.forwards, allowed_hosts=spec.allowed_hosts)
+                try:
+                    gateway.start()
+                except Exception as exc:  # noqa: BLE001 - whatever stops it, the agent cannot run
+                    shutil.rmtree(socket_dir, ignore_errors=True)
+                    gateway = None
+                    raise InfrastructureError(f"the egress gateway did not start: {type(exc).__name__}: "
+                                              f"{exc}".splitlines()[0][:500]) from None
                 spec.mapped[EGRESS_MOUNT] = socket_dir
             launch = self._launch(command, spec, dict(env))
+            launch.pass_fds = (*launch.pass_fds, start_w)
+            start_w = None  # _supervise closes what it passes on
             # Only names are logged: values may hold the agent's own API key.
             trace.event("start", command=launch.argv, sandbox=self.name, network=spec.network,
                         timeout_seconds=timeout_seconds, env_names=sorted(env), limits=spec.limits())
             outcome = self._supervise(launch, workspace, timeout_seconds, grace_seconds, trace, spec)
+            _check_started(_read_available(start_r), self.name, outcome, trace, command)
         finally:
+            spec.start_fd = None
+            for fd in (start_r, start_w):
+                if fd is not None:
+                    _close_quietly(fd)
             for cleanup in launch.cleanups if launch is not None else ():
                 cleanup()
             if gateway is not None:
@@ -335,18 +373,23 @@ class Sandbox:
     def _supervise(self, launch: Launch, workspace, timeout_seconds, grace_seconds, trace,
                    spec: SandboxSpec) -> RunOutcome:
         started, t0 = now_iso(), time.monotonic()
-        proc = subprocess.Popen(
-            launch.argv,
-            cwd=workspace,
-            env=launch.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=launch.pass_fds,
-            start_new_session=True,  # own process group: the deadline kills every child too
-        )
-        for fd in launch.pass_fds:  # the child holds its own copies
-            os.close(fd)
+        try:
+            proc = subprocess.Popen(
+                launch.argv,
+                cwd=workspace,
+                env=launch.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=launch.pass_fds,
+                start_new_session=True,  # own process group: the deadline kills every child too
+            )
+        except OSError as exc:
+            raise InfrastructureError(f"the {self.name} sandbox could not be started ({launch.argv[0]}): "
+                                      f"{exc.strerror or exc}") from None
+        finally:
+            for fd in launch.pass_fds:  # the child holds its own copies
+                os.close(fd)
         _first_to_go_out_of_memory(proc.pid)
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", trace), daemon=True),
@@ -832,6 +875,38 @@ def _sandbox_pid(info_r: int, sandbox: subprocess.Popen, seconds: float = 60) ->
                            "its error is in the trace's stderr") from None
 
 
+def _read_available(fd: int) -> bytes:
+    """What has been written to the pipe ``fd`` (its writers are gone or never write again), without blocking."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 4096 and (chunk := os.read(fd, 4096)):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
+
+
+def _check_started(marker: bytes, backend: str, outcome: RunOutcome, trace: TraceWriter,
+                   command: Sequence[str]) -> None:
+    """InfrastructureError unless the start launcher ran and exec'd the agent's command."""
+    if not marker.startswith(b"S"):
+        detail = f"; its last error: {trace.last_stderr}" if trace.last_stderr else ""
+        reason = (f"the {backend} sandbox did not start (exit code {outcome.exit_code}) before the agent's command "
+                  f"{_shown(command)}{detail}")
+    elif len(marker) > 1 and marker[1:2] == b"E":
+        reason = f"the agent's command could not be started in the {backend} sandbox: " + \
+                 " ".join(marker[2:].decode("utf-8", "replace").split())
+    else:
+        return
+    trace.event("infrastructure_error", error=reason)
+    raise InfrastructureError(reason)
+
+
+def _shown(command: Sequence[str]) -> str:
+    return repr(command[0]) if command else "(empty)"
+
+
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
@@ -921,7 +996,8 @@ class ApptainerSandbox(Sandbox):
     python = "python3"  # the image's interpreter (containers/agent.def)
 
     def __init__(self, image: str | None = None, executable: str | None = None):
-        self.image = image
+        # A relative image is the project's (the job's working directory), never the agent's workspace.
+        self.image = os.path.abspath(os.path.expanduser(image)) if image else None
         self.executable = executable or shutil.which("apptainer") or "apptainer"
 
     def available(self) -> bool:
@@ -964,7 +1040,20 @@ class ApptainerSandbox(Sandbox):
         if os.geteuid() == 0:
             raise SandboxError("backend 'apptainer' runs the agent as the pipeline's own user, which is root here: "
                                "run the pipeline as an unprivileged user, or use backend 'bubblewrap'")
+        check_image(self.image)
         return super()._launch(command, spec, env)
+
+
+def check_image(image: str | None) -> None:
+    """SandboxError unless ``image`` (config key sandbox.image) is a readable file."""
+    if not image:
+        raise SandboxError("config key 'sandbox.image' must name the agent image (.sif) for backend 'apptainer'")
+    path = Path(image)
+    if not path.is_file():
+        raise SandboxError(f"config key 'sandbox.image' names {path}, which does not exist "
+                           "(apptainer build containers/agent.sif containers/agent.def; docs/hpc.md)")
+    if not os.access(path, os.R_OK):
+        raise SandboxError(f"config key 'sandbox.image' names {path}, which cannot be read")
 
 
 def _env_quote(value: str) -> str:
