@@ -31,6 +31,7 @@ rule run_agent:
         "../envs/pipeline.yaml"
     threads: job_resources("agent", "threads", 2)
     resources:
+        **slurm_resources(job_resources("agent", "gpus", 0)),
         mem_mb=job_resources("agent", "mem_mb", 8000),
         runtime=agent_runtime_minutes(),
         gpu=job_resources("agent", "gpus", 0),
@@ -47,6 +48,7 @@ use rule run_agent as submit_reference with:
         agent=REFERENCE_AGENT,
     threads: 1
     resources:
+        **slurm_resources(0),
         mem_mb=2000,
         runtime=30,
         gpu=0,

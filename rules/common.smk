@@ -110,6 +110,87 @@ def job_resources(stage, key, default=None):
     return config["resources"][stage].get(key, default)
 
 
+# Site settings for the SLURM executor (docs/hpc.md, Site settings): PTB_SLURM_* environment variables
+# win over the untracked site file, so a site never edits a tracked file. Other executors ignore them.
+SLURM_SITE_KEYS = (
+    "account",
+    "cpu_partition",
+    "gpu_partition",
+    "qos",
+    "gpu_model",
+    "constraint",
+    "cpu_constraint",
+    "mail_user",
+    "mail_type",
+)
+
+
+def load_slurm_site():
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(
+        os.environ.get("PTB_SLURM_SITE_FILE")
+        or Path(workflow.basedir) / "profiles/slurm/site.yaml"
+    )
+    site = {}
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            sys.exit(f"posttrainbench: site file {path}: expected a mapping")
+        unknown = sorted(set(loaded) - set(SLURM_SITE_KEYS))
+        if unknown:
+            sys.exit(
+                f"posttrainbench: site file {path}: unknown key {unknown[0]!r} (known: {', '.join(SLURM_SITE_KEYS)})"
+            )
+        site = {k: str(v) for k, v in loaded.items() if v not in (None, "")}
+    elif os.environ.get("PTB_SLURM_SITE_FILE"):
+        sys.exit(f"posttrainbench: PTB_SLURM_SITE_FILE={path} is not a file")
+    for key in SLURM_SITE_KEYS:
+        value = os.environ.get(f"PTB_SLURM_{key.upper()}", "").strip()
+        if value:
+            site[key] = value
+    return site
+
+
+SLURM_SITE = load_slurm_site()
+
+
+def slurm_resources(gpus):
+    """SLURM placement of a job asking for `gpus` GPUs: CPU jobs go to the CPU partition, GPU jobs to the
+    GPU partition with the configured GPU model (site gpu_model, else budget.gpu_type; "none" for untyped
+    GPUs). Settings not given are left out, so the plugin's and the site's defaults apply.
+    """
+    import shlex
+
+    site = SLURM_SITE
+    gpu_job = gpus > 0
+    res = {}
+    if site.get("account"):
+        res["slurm_account"] = site["account"]
+    partition = site.get("gpu_partition" if gpu_job else "cpu_partition")
+    if partition:
+        res["slurm_partition"] = partition
+    if site.get("qos"):
+        res["qos"] = site["qos"]
+    constraint = site.get("constraint" if gpu_job else "cpu_constraint")
+    if constraint:
+        res["constraint"] = constraint
+    if gpu_job:
+        # The plugin requests --gpus=<model>:<gpu> only when gpu_model is set.
+        model = site.get("gpu_model") or config["budget"].get("gpu_type")
+        if model and model.lower() != "none":
+            res["gpu_model"] = model
+    if site.get("mail_user"):
+        mail_type = site.get("mail_type", "FAIL")
+        res["slurm_extra"] = (
+            f"--mail-user={shlex.quote(site['mail_user'])} --mail-type={shlex.quote(mail_type)}"
+        )
+    return res
+
+
 def agent_runtime_minutes():
     """The budget plus grace and an allowance for collecting the checkpoint (a constant: a per-job callable
     would cost planning time on large matrices)."""

@@ -39,6 +39,7 @@ rule evaluate:
         "containers/eval.sif"
     threads: job_resources("evaluate", "threads", 2)
     resources:
+        **slurm_resources(job_resources("evaluate", "gpus", 0)),
         mem_mb=job_resources("evaluate", "mem_mb", 8000),
         runtime=job_resources("evaluate", "runtime_minutes", 60),
         gpu=job_resources("evaluate", "gpus", 0),
@@ -90,6 +91,7 @@ rule grade:
         "../envs/pipeline.yaml"
     threads: 1
     resources:
+        **slurm_resources(0),
         mem_mb=2000,
         runtime=job_resources("evaluate", "grade_runtime_minutes", 120),
         gpu=0,

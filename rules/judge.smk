@@ -46,6 +46,7 @@ rule judge:
         "containers/judge.sif"
     threads: job_resources("judge", "threads", 1)
     resources:
+        **slurm_resources(0),
         mem_mb=job_resources("judge", "mem_mb", 4000),
         runtime=job_resources("judge", "runtime_minutes", 30)
         * len(config["benchmarks"]),

@@ -28,12 +28,13 @@ def test_profile_is_found_by_name_from_the_repository(tmp_path: Path):
     stub = tmp_path / "apptainer"
     stub.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
     stub.chmod(0o755)
-    env = {**os.environ, "PATH": os.pathsep.join([str(tmp_path), str(BIN), os.environ.get("PATH", "")])}
+    env = {**os.environ, "PATH": os.pathsep.join([str(tmp_path), str(BIN), os.environ.get("PATH", "")]),
+           "PTB_SLURM_CPU_PARTITION": "cpu"}  # a site setting (docs/hpc.md, Site settings)
     proc = subprocess.run([str(BIN / "snakemake"), "--profile", "slurm", "--dry-run", "--forceall", "all"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "Using profiles slurm and workflow specific profile profiles/default" in proc.stderr
-    assert "slurm_partition=gpu" in proc.stdout
+    assert "slurm_partition=cpu" in proc.stdout
     assert (ROOT / "slurm").resolve() == (ROOT / "profiles" / "slurm").resolve()
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["rerun-incomplete"] is True
