@@ -14,7 +14,7 @@ never a truncated prompt or a refused request scored as a wrong answer.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,4 +142,4 @@ def write_requests(requests: Sequence[Request], out: Path) -> None:
 
 
 __all__ = ["Request", "RequestError", "RequestDoesNotFit", "build_requests", "check_fit", "context_length",
-           "sampling_parameters", "render_chat", "write_requests", "asdict"]
+           "sampling_parameters", "render_chat", "write_requests"]

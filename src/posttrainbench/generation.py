@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -175,9 +174,3 @@ def with_tool_calls(responses: Sequence[Response], parser: str = "hermes") -> li
         _content, calls = parse_tool_calls(response.text, parser=parser)
         parsed.append(Response(text=response.text, tool_calls=calls, finish_reason=response.finish_reason))
     return parsed
-
-
-def timed(engine, requests: Sequence[Request], max_tokens: int, seed: int) -> tuple[list[Response], float]:
-    started = time.monotonic()
-    responses = engine.generate(requests, max_tokens, seed)
-    return responses, time.monotonic() - started

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .gsm8k import match_numeric, numeric_item_score
-from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
+from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet, demonstrations_then_item
 
 KEY = "aime2025"
 HUB_SOURCE = "math-ai/aime25"
@@ -163,7 +163,7 @@ def _plain_item(record: Record) -> str:
 
 def plain_prompt(record: Record, demos: Sequence[Record]) -> str:
     """The demonstrations (each followed by its worked solution), then the item, separated by blank lines."""
-    return "\n\n".join([*(f"{_plain_item(d)} {d['demo_answer']}" for d in demos), _plain_item(record)])
+    return demonstrations_then_item(_plain_item, record, demos)
 
 
 SPEC = Benchmark(

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
+from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet, demonstrations_then_item
 
 KEY = "bfcl"
 CATEGORY = "exec_simple"
@@ -274,8 +274,7 @@ def _plain_item(record: Record) -> str:
 
 def plain_prompt(record: Record, demos: Sequence[Record] = ()) -> str:
     """The demonstrations (each followed by its calls), then the item, separated by blank lines."""
-    parts = [f"{_plain_item(d)} {d['demo_answer']}" for d in demos]
-    return "\n\n".join([*parts, _plain_item(record)])
+    return demonstrations_then_item(_plain_item, record, demos)
 
 
 def _literal(node: Any) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
-from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
+from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet, demonstrations_then_item
 
 KEY = "gpqamain"
 HUB_SOURCE = "Idavidrein/gpqa:gpqa_main"
@@ -159,7 +159,7 @@ def _plain_item(record: Record) -> str:
 
 def plain_prompt(record: Record, demos: Sequence[Record]) -> str:
     """The demonstrations (each followed by its reasoning and answer), then the item, separated by blank lines."""
-    return "\n\n".join([*(f"{_plain_item(d)} {d['demo_answer']}" for d in demos), _plain_item(record)])
+    return demonstrations_then_item(_plain_item, record, demos)
 
 
 SPEC = Benchmark(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet
+from .spec import Benchmark, ItemScore, Record, Response, Staged, StagedSet, demonstrations_then_item
 
 KEY = "gsm8k"
 FEWSHOT = 10
@@ -155,8 +155,7 @@ def _plain_item(record: Record) -> str:
 
 def plain_prompt(record: Record, demos: Sequence[Record]) -> str:
     """The demonstrations (each followed by its worked answer), then the item, separated by blank lines."""
-    parts = [f"{_plain_item(d)} {d['demo_answer']}" for d in demos]
-    return "\n\n".join([*parts, _plain_item(record)])
+    return demonstrations_then_item(_plain_item, record, demos)
 
 
 SPEC = Benchmark(

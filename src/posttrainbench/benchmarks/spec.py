@@ -102,6 +102,12 @@ class Benchmark:
         return sum(values) / len(values)
 
 
+def demonstrations_then_item(render_item: Callable[[Record], str], record: Record, demos: Sequence[Record]) -> str:
+    """A few-shot baseline row's plain prompt: each demonstration as ``render_item`` renders an item, followed by
+    its worked answer (``demo_answer``), then the item itself, separated by blank lines."""
+    return "\n\n".join([*(f"{render_item(d)} {d['demo_answer']}" for d in demos), render_item(record)])
+
+
 class StagingIncomplete(FileNotFoundError):
     """A staged benchmark folder lacks a file its module needs (staged by an older version): stage it again."""
 
