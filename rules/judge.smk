@@ -40,16 +40,15 @@ rule judge:
         judge_verdicts(),
     log:
         "logs/judge/{agent}/{model}/seed{seed}.log",
+    # docs/hpc.md: where grading runs
+    localrule: runs_locally(config, "judge")
     conda:
         "../envs/pipeline.yaml"
     container:
         "containers/judge.sif"
-    threads: job_resources("judge", "threads", 1)
+    threads: rule_threads("judge")
     resources:
-        **slurm_resources(0),
-        mem_mb=job_resources("judge", "mem_mb", 4000),
-        runtime=job_resources("judge", "runtime_minutes", 30)
-        * len(config["benchmarks"]),
+        **rule_resources("judge"),
     params:
         settings=judge_settings(config),
         agent_base_url=lambda wc: agent_spec(config, wc.agent).get("base_url"),

@@ -23,6 +23,11 @@ rule leaderboard:
             "results/cells.csv", caption="../report/cells.rst", category="Leaderboard"
         ),
         weights="results/leaderboard.weights.json",
+        comparisons=report(
+            "results/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Leaderboard",
+        ),
         flags="results/flags.csv",
         bar=report(
             "results/plots/leaderboard.png",
@@ -32,6 +37,11 @@ rule leaderboard:
         heatmap=report(
             "results/plots/heatmap.png",
             caption="../report/plot_heatmap.rst",
+            category="Plots",
+        ),
+        forest=report(
+            "results/plots/comparisons.png",
+            caption="../report/plot_comparisons.rst",
             category="Plots",
         ),
         time_utilisation=report(
@@ -49,5 +59,32 @@ rule leaderboard:
         runtime=10,
     params:
         weights=config["scoring"]["weights"],
+        bootstrap_samples=config["scoring"]["bootstrap_samples"],
+        bootstrap_seed=config["scoring"]["bootstrap_seed"],
     script:
         "../scripts/leaderboard.py"
+
+
+# The sweep's status table (ptb status without the queue), shown on the landing page.
+rule status:
+    input:
+        evals=cell_paths("results/evals/{agent}/{model}/{benchmark}/seed{seed}.json"),
+        verdicts=cell_paths(
+            "results/judge/{agent}/{model}/{benchmark}/seed{seed}.json", AUDITED_CELLS
+        ),
+        runs=cell_paths("results/runs/{agent}/{model}/{benchmark}/seed{seed}/run.json"),
+    output:
+        csv=report(
+            "results/status.csv", caption="../report/status.rst", category="Status"
+        ),
+        summary="results/status.json",
+    log:
+        "logs/report/status.log",
+    localrule: True
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/status.py"

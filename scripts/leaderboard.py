@@ -1,4 +1,5 @@
-"""Rule leaderboard: the weighted leaderboard, per-cell table and plots for this config's cells."""
+"""Rule leaderboard: the weighted leaderboard with its intervals, the pairwise comparisons, the per-cell table and
+plots for this config's cells."""
 
 from pathlib import Path
 
@@ -17,5 +18,8 @@ with logged(snakemake):
         eval_files=[Path(p) for p in snakemake.input.evals],
         flags_csv=Path(snakemake.output.flags),
         verdict_files=[Path(p) for p in snakemake.input.verdicts],
+        comparisons_csv=Path(snakemake.output.comparisons),
+        bootstrap_samples=snakemake.params.bootstrap_samples,
+        bootstrap_seed=snakemake.params.bootstrap_seed,
     )
     write_time_utilisation(out, [Path(p) for p in snakemake.input.runs], Path(snakemake.output.time_utilisation))

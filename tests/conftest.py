@@ -114,10 +114,11 @@ def openai_server(smollm2_dir, tmp_path_factory):
         yield server
 
 
-# --- a real single-node SLURM cluster and one workflow run on it (test_slurm.py, test_report.py) -----------------
+# --- a real SLURM cluster and one workflow run on it (test_slurm.py, test_report.py) --------------------------------
 @_ptb_pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """slurmctld + slurmd + munged on this host (tests/slurm_cluster.py); stopped after the session."""
+    """A university-like cluster on this host (tests/slurm_cluster.py): partitions cpu and gpu, two fake
+    gpu:h100, slurmdbd accounting enforcing the account ptb-lab; stopped after the session."""
     from slurm_cluster import SlurmCluster, missing_requirements
 
     reason = missing_requirements()
@@ -129,8 +130,10 @@ def slurm_cluster(tmp_path_factory):
 
 @_ptb_pytest.fixture(scope="session")
 def slurm_run(slurm_cluster, smollm2_dir, tmp_path_factory) -> dict:
-    """The embedded default (reduced limits) through profiles/slurm on the test cluster, in two passes:
-    one agent job cancelled mid-run, then a re-run (see slurm_cluster.run_on_cluster)."""
+    """The embedded default (reduced limits) through profiles/slurm on the test cluster, with the site
+    settings in the environment (PTB_SLURM_ACCOUNT=ptb-lab, PTB_SLURM_CPU_PARTITION=cpu,
+    PTB_SLURM_GPU_PARTITION=gpu, PTB_SLURM_GPU_MODEL=h100: the default's budget.gpu_type is unset), in two
+    passes: one evaluation job cancelled mid-run, then a re-run (see slurm_cluster.run_on_cluster)."""
     from slurm_cluster import run_on_cluster
 
     return run_on_cluster(slurm_cluster, tmp_path_factory.mktemp("slurm-workflow"), smollm2_dir)

@@ -84,6 +84,22 @@ def test_broken_configs_fail_with_one_line_naming_the_key(changes, expected):
         assert fragment in message, message
 
 
+def test_grading_placement_and_agent_scratch_are_checked():
+    """execution.grading (where LLM-graded jobs run) and sandbox.scratch_dir (apptainer's /tmp) get defaults
+    and reject wrong values with one line naming the key."""
+    filled = validate_config(copy.deepcopy(DEFAULT))
+    assert filled["execution"] == {"grading": "local"} and filled["sandbox"]["scratch_dir"] is None
+    for section, value, fragments in (
+        ("execution", {"grading": "login"}, ["execution.grading", "'login'", "local, cluster"]),
+        ("sandbox", {"scratch_dir": 5}, ["sandbox.scratch_dir", "string or null"]),
+    ):
+        config = copy.deepcopy(DEFAULT)
+        config[section] = {**config.get(section, {}), **value}
+        with pytest.raises(ConfigError) as info:
+            validate_config(config)
+        assert "\n" not in str(info.value) and all(f in str(info.value) for f in fragments), str(info.value)
+
+
 def test_top_level_typo_suggests_the_key():
     config = copy.deepcopy(DEFAULT)
     config["seed"] = config.pop("seeds")

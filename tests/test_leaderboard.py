@@ -243,3 +243,35 @@ def test_leaderboard_refuses_mixed_protocols_and_settings(tmp_path):
         with _pytest.raises(LeaderboardError, match=message) as caught:
             _read_evals(root)
         assert "agent-a/m/gsm8k/seed1" in str(caught.value) and "base/m/gsm8k/seed1" in str(caught.value)
+
+
+def test_cli_writes_intervals_comparisons_and_their_plot(tree: Path, capsys):
+    """With per-item results beside the eval JSONs, ``ptb leaderboard`` adds each row's 95% interval and its note to
+    the CSV, writes the pairwise comparisons, and draws the forest plot; ``--bootstrap-samples 0`` turns them off."""
+    from posttrainbench.cli import main
+
+    for seed in (1, 2):
+        for model in ("m1", "m2"):
+            for bench in ("gsm8k", "humaneval"):
+                values = [1.0] * (12 + 3 * seed) + [0.0] * 25
+                write(tree, "evals", "agent", model, bench, seed, score=sum(values) / len(values))
+                (tree / "evals" / "agent" / model / bench / f"seed{seed}.samples.jsonl").write_text("".join(
+                    json.dumps({"id": f"q{i}", "value": v}) + "\n" for i, v in enumerate(values)))
+                write(tree, "judge", "agent", model, bench, seed, flagged=False, reasons=[])
+    out = tree / "out" / "lb.csv"
+    args = ["leaderboard", str(tree), "--out", str(out), "--plots", str(tree / "plots"), "--bootstrap-seed", "3"]
+    assert main(args) == 0
+    import pandas as pd
+
+    board = pd.read_csv(out).set_index("agent")
+    assert list(board.columns[:4]) == ["score", "score_std", "score_ci_low", "score_ci_high"]
+    agent = board.loc["agent"]
+    assert agent.score_ci_low < agent.score < agent.score_ci_high and pd.isna(agent.ci_note)
+    assert board.loc["base", "ci_note"] == "1 seed and no per-item results: no interval"
+    assert set(board.source) == {"ours"}
+    pairs = pd.read_csv(out.with_name("comparisons.csv"))
+    assert list(pairs.agent_a) == ["agent"] and list(pairs.agent_b) == ["base"]
+    assert (tree / "plots" / "comparisons.png").stat().st_size > 10_000
+    assert "95% CI [" in capsys.readouterr().out
+    assert main(args + ["--bootstrap-samples", "0"]) == 0
+    assert set(pd.read_csv(out).ci_note) == {"bootstrap off"}

@@ -4,6 +4,8 @@ evidence, made from the workflow run on the SLURM test cluster and opened in hea
 from __future__ import annotations
 
 import csv
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -37,6 +39,57 @@ def report(slurm_run, tmp_path_factory) -> Path:
 def _chromium(args: list[str], profile_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *args],
                           capture_output=True, text=True, timeout=120)
+
+
+# Appended to a copy of the report: once the page (and the rule graph) has rendered, the boxes Chromium laid out
+# for the landing page's parts are written into the page, which --dump-dom then prints.
+GEOMETRY_SCRIPT = """<script>
+setTimeout(function () {
+  function box(el) { var r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }
+  function all(selector) { return Array.prototype.map.call(document.querySelectorAll(selector), box); }
+  var nav = document.querySelector("nav"), graph = document.querySelector("#rulegraph canvas, #rulegraph svg");
+  var out = {viewport: [window.innerWidth, window.innerHeight], nav: nav && box(nav), graph: graph && box(graph),
+             text: all(".prose .document > p, .prose .document > .section > p, .prose .document h1, .prose .document h2"),
+             tables: all(".prose .document table"), images: all(".prose .document img"),
+             status_rows: document.querySelectorAll(".prose .document table.ptb-status-table tbody tr").length};
+  var pre = document.createElement("pre");
+  pre.id = "ptb-geometry";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 3000);
+</script>"""
+
+
+def landing_geometry(report: Path, workdir: Path, size: tuple[int, int] = (1400, 1000)) -> dict:
+    """The landing page's boxes ([left, top, right, bottom] in CSS pixels) in headless Chromium at ``size``."""
+    page = workdir / "report-geometry.html"
+    head, body_end, tail = report.read_text().rpartition("</body>")  # the last: scripts quote the tag too
+    page.write_text(head + GEOMETRY_SCRIPT + body_end + tail)
+    dom = _chromium([f"--window-size={size[0]},{size[1]}", "--dump-dom", page.as_uri()], workdir / "profile-geometry")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="ptb-geometry">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-3000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def overlapping(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def layout_problems(geometry: dict) -> list[str]:
+    """What overlaps on the landing page: any table, plot or paragraph drawn over the rule graph or the menu, or
+    past the window's right edge."""
+    problems = []
+    width = geometry["viewport"][0]
+    for kind in ("tables", "images", "text"):
+        for i, part in enumerate(geometry[kind]):
+            if overlapping(part, geometry["graph"]):
+                problems.append(f"{kind}[{i}] {part} overlaps the rule graph {geometry['graph']}")
+            if geometry["nav"] and overlapping(part, geometry["nav"]):
+                problems.append(f"{kind}[{i}] {part} overlaps the menu {geometry['nav']}")
+            if part[2] > width + 0.5:
+                problems.append(f"{kind}[{i}] {part} runs past the window ({width} px)")
+    return problems
 
 
 @pytest.mark.slow
@@ -86,3 +139,26 @@ def test_report_renders_in_headless_chromium_with_leaderboard_and_plots(report: 
     # A blank page has one or two colours; text, a table and plots have thousands.
     assert colours is not None and len(colours) > 500, len(colours or [])
     shutil.copy(shot, slurm_run["workdir"] / "report-screenshot.png")
+
+
+@pytest.mark.slow
+def test_report_landing_page_has_status_table_and_nothing_overlaps(report: Path, slurm_run, tmp_path):
+    """At 1400x1000 the rule graph, the leaderboard and status tables and the plots each get their own space."""
+    text = _chromium(["--dump-dom", report.as_uri()], tmp_path / "profile-dom").stdout
+    status = re.search(r'<table[^>]*ptb-status-table.*?</table>', text, re.S)
+    assert status, text[:3000]
+    with open(slurm_run["workdir"] / "results" / "status.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    for row in rows:
+        assert f">{row['cell']}<" in status.group(0)
+        assert row["stage"] == "done", row
+    geometry = landing_geometry(report, tmp_path)
+    assert geometry["graph"] and geometry["graph"][2] > geometry["graph"][0], geometry
+    assert len(geometry["tables"]) >= 2 and len(geometry["images"]) >= 2, geometry
+    assert geometry["status_rows"] == 4
+    assert layout_problems(geometry) == []
+    shot = tmp_path / "landing.png"
+    proc = _chromium([f"--screenshot={shot}", "--window-size=1400,1000", report.as_uri()], tmp_path / "profile-shot")
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    shutil.copy(shot, slurm_run["workdir"] / "report-landing-1400x1000.png")

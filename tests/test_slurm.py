@@ -1,7 +1,9 @@
-"""The workflow on a real single-node SLURM cluster (Debian's slurmctld/slurmd/munge, fake GPUs via
-gres.conf), through the SLURM profile: GPU requests, the leaderboard, and recovery from a job
-cancelled mid-run. Apptainer is not installable here, so the CI variant of the profile runs the rules
-in the pipeline's own environment (the container definitions are checked in test_containers.py)."""
+"""The workflow on a real SLURM cluster shaped like a university's (tests/slurm_cluster.py: a CPU and a
+GPU partition, typed fake GPUs gres/gpu:h100, slurmdbd accounting with enforced associations), through
+the SLURM profile with the site settings in PTB_SLURM_* variables: each rule's job in its partition with
+its account, GPUs, CPUs and time limit, the leaderboard, and recovery from a job cancelled mid-run.
+Apptainer is not installable here, so the CI variant of the profile runs the rules in the pipeline's own
+environment (the container definitions are checked in test_containers.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import KILLED_CELL, KILLED_RULE, ROOT, cell_comment
+from slurm_cluster import ACCOUNT, CPU_PARTITION, GPU_PARTITION, KILLED_CELL, KILLED_RULE, ROOT, cell_comment, sacct_jobs
 
 BIN = Path(sys.executable).parent
 
@@ -45,6 +47,36 @@ def test_profile_is_found_by_name_from_the_repository(tmp_path: Path):
     assert not {"resources", "latency-wait", "executor", "jobs"} & set(default)
 
 
+def test_the_cluster_enforces_account_associations(slurm_cluster, tmp_path: Path):
+    """As on a university cluster, slurmctld checks each submission against slurmdbd's associations: a
+    wrong account, an unknown QOS, or a user without any association (nobody) is refused at sbatch time;
+    the lab account is accepted."""
+    def sbatch(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
+        # Held, so an accepted job never runs; nobody must be able to enter the working directory.
+        argv = ["sbatch", "--parsable", "--hold", "-o", "/dev/null", "-t", "1", "--mem=100", *args, "--wrap", "true"]
+        if user:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, cwd="/tmp", timeout=60)
+
+    accepted = sbatch("-A", ACCOUNT, "-p", GPU_PARTITION, "--gpus=h100:1")
+    assert accepted.returncode == 0, accepted.stderr
+    job_id = accepted.stdout.strip()
+    try:
+        refusals = {
+            "wrong account": sbatch("-A", "no-such-lab", "-p", CPU_PARTITION),
+            "unknown QOS": sbatch("-A", ACCOUNT, "--qos", "no-such-qos"),
+            "user without association": sbatch(user="65534"),
+            "user without association, lab account": sbatch("-A", ACCOUNT, user="65534"),
+        }
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)
+    for what, proc in refusals.items():
+        assert proc.returncode != 0 and "Batch job submission failed" in proc.stderr, (what, proc.stdout, proc.stderr)
+    assert "Invalid account" in refusals["wrong account"].stderr
+    assert "Invalid account" in refusals["user without association"].stderr
+    assert "Invalid qos" in refusals["unknown QOS"].stderr
+
+
 def _jobs_by_rule(jobs: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for job in jobs.values():
@@ -66,14 +98,43 @@ def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
     # are reference submissions; one judge job audits reference-sft's two runs (base is not audited).
     assert len(by_rule["run_agent"]) == len(by_rule["submit_reference"]) == 2
     assert len(by_rule["evaluate"]) == 5 and len(by_rule["judge"]) == 1
-    for rule in ("run_agent", "evaluate"):
+    # What each rule asks of SLURM, from the test's workflow config (slurm_cluster.workflow_config) and the
+    # site settings: (partition, GPUs, CPUs = the rule's threads, time limit as the rule computes it).
+    config = yaml.safe_load((slurm_run["workdir"] / "config.yaml").read_text())
+    res = config["resources"]
+    expected = {
+        # The budget (0.25 h) plus the grace (30 s) and 10 min for collecting the checkpoint.
+        "run_agent": (GPU_PARTITION, res["agent"]["gpus"], res["agent"]["threads"], "00:25:00"),
+        "evaluate": (GPU_PARTITION, res["evaluate"]["gpus"], res["evaluate"]["threads"], "00:20:00"),
+        # resources.judge.runtime_minutes (10) per benchmark (2).
+        "judge": (CPU_PARTITION, 0, res["judge"]["threads"], "00:20:00"),
+        "submit_reference": (CPU_PARTITION, 0, 1, "00:30:00"),  # fixed in rules/agent.smk
+    }
+    assert slurm_run["site"]["PTB_SLURM_ACCOUNT"] == ACCOUNT and config["budget"].get("gpu_type") is None
+    # The GPU rules ask for 2 CPUs, the CPU rules for 1: NumCPUs shows which the job got.
+    assert res["agent"]["threads"] != 1 and res["evaluate"]["threads"] != 1
+    accounted = sacct_jobs([job["JobId"] for jobs in by_rule.values() for job in jobs])
+    for rule, (partition, gpus, cpus, limit) in expected.items():
         for job in by_rule[rule]:
-            assert job["TresPerJob"] == "gres:gpu:1", job["_line"]
-            assert job["Partition"] == "gpu"
-    for job in by_rule["judge"] + by_rule["submit_reference"]:
-        assert "gpu" not in job.get("TresPerJob", "") and "gpu" not in job.get("TresPerNode", ""), job["_line"]
-    # The agent job's time limit is the budget (0.25 h) plus grace and margin, as the rule computes.
-    assert {job["TimeLimit"] for job in by_rule["run_agent"]} == {"00:25:00"}
+            line = job["_line"]
+            # slurmctld's view (scontrol): the site's account (not root's default account), partition,
+            # typed GPU request and allocation, CPUs and time limit.
+            assert job["Account"] == ACCOUNT and job["Partition"] == partition, line
+            assert job["NumCPUs"] == str(cpus) and job["TimeLimit"] == limit, line
+            if gpus:
+                assert job["TresPerJob"] == f"gres:gpu:h100:{gpus}", line
+                assert f"gres/gpu:h100={gpus}" in job["TRES"].split(","), line
+            else:
+                assert "gpu" not in job["TRES"] and "TresPerJob" not in job and "TresPerNode" not in job, line
+            # slurmdbd's record (sacct) of the same job.
+            record = accounted[job["JobId"]]
+            assert (record["Account"], record["Partition"], record["NCPUS"], record["Timelimit"]) == (
+                ACCOUNT, partition, str(cpus), limit), record
+            tres = record["AllocTRES"].split(",")
+            if gpus:
+                assert f"gres/gpu:h100={gpus}" in tres and f"gres/gpu={gpus}" in tres, record
+            else:
+                assert not [t for t in tres if t.startswith("gres/gpu")], record
     assert {job["JobState"] for rule in ("run_agent", "submit_reference", "judge")
             for job in by_rule[rule]} == {"COMPLETED"}
 
@@ -88,19 +149,27 @@ def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
         agent, model, bench, seed = cell
         record = json.loads((results / "evals" / agent / model / bench / f"seed{seed}.json").read_text())
         assert record["status"] == "ok", record
-    # GPU-hours measured by SLURM (scontrol: this cluster has no slurmdbd for sacct), summed per agent.
+    # GPU-hours measured by SLURM, summed per agent: sacct's AllocTRES gives the agent jobs' GPU; a CPU
+    # job's AllocTRES names no GPU (as where GPUs are not tracked), so scontrol's count (0) is taken.
     for agent, row in board.items():
-        rule, gpus = ("submit_reference", 0) if agent == "base" else ("run_agent", 1)
+        rule, gpus, source = ("submit_reference", 0, "scontrol") if agent == "base" else ("run_agent", 1, "sacct")
         agent_jobs = {job["JobId"] for job in by_rule[rule]}
         hours = 0.0
         for bench in ("gsm8k", "humaneval"):
             run = json.loads((results / "runs" / agent / "smollm2-135m" / bench / "seed1" / "run.json").read_text())
-            assert run["gpu_hours_source"] == "scontrol" and run["slurm_job_id"] in agent_jobs, run
+            assert run["gpu_hours_source"] == source and run["slurm_job_id"] in agent_jobs, run
             assert run["slurm_gpus"] == gpus
             assert run["gpu_hours"] == round(run["slurm_elapsed_seconds"] * gpus / 3600, 4), run
             hours += run["gpu_hours"]
         assert (hours > 0) == (agent != "base")
         assert float(row["gpu_hours"]) == pytest.approx(hours, abs=1e-4)
+    # ptb status on the finished tree: every cell done, with the SLURM job its agent ran in.
+    from posttrainbench.config import load_config
+    from posttrainbench.status import collect
+
+    sweep = collect(load_config(slurm_run["workdir"] / "config.yaml"), results)
+    agent_job_ids = {job["JobId"] for rule in ("run_agent", "submit_reference") for job in by_rule[rule]}
+    assert [(s.stage, s.job_id in agent_job_ids) for s in sweep.cells] == [("done", True)] * 4, sweep.cells
     # Each cluster job left its SLURM log under the profile's log directory.
     logs = list((slurm_run["workdir"] / "logs" / "slurm" / "rule_evaluate").rglob("*.log"))
     assert len(logs) == 5

@@ -1,7 +1,8 @@
 """GPU-hours per cell (posttrainbench.accounting): the parsers on text captured from the test cluster's
 scontrol and sacct, the fallbacks (sacct without a GPU field or without slurmdbd, then scontrol, then the
-budget's GPUs), attempts summed across retries, and real jobs on the test cluster (no slurmdbd there, so
-sacct fails exactly as on a site whose accounting does not answer)."""
+budget's GPUs), attempts summed across retries, and real jobs on the test cluster: measured by sacct from
+slurmdbd's records, and by scontrol when the job's SLURM config has accounting off (sacct then fails
+exactly as on a site without slurmdbd)."""
 
 from __future__ import annotations
 
@@ -224,13 +225,17 @@ ATTEMPT = ("import json, sys, time; from pathlib import Path; from posttrainbenc
            "print('ACCOUNTING ' + json.dumps(a.cell_gpu_hours(1.0, 1, attempts=attempts)), flush=True)")
 
 
-def _submit(tmp_path: Path, name: str, args: list[str], script_args: str) -> str:
-    from slurm_cluster import snakemake_env
+def _submit(tmp_path: Path, name: str, args: list[str], script_args: str, slurm_conf: Path | None = None) -> str:
+    """sbatch a GPU job of the lab account measuring its cell's GPU-hours at its end; ``slurm_conf``: the
+    SLURM config the measurement reads (SLURM_CONF), default /etc/slurm/slurm.conf."""
+    from slurm_cluster import ACCOUNT, GPU_PARTITION, snakemake_env
 
     script = tmp_path / f"{name}.sh"
-    script.write_text(f"#!/bin/sh\n{sys.executable} -c \"{ATTEMPT}\" {script_args}\n")
-    proc = subprocess.run(["sbatch", "--parsable", *args, "--mem=500", "-t", "5", "-o", str(tmp_path / f"{name}.log"),
-                           str(script)], capture_output=True, text=True, env=snakemake_env(), cwd=tmp_path)
+    conf = f"SLURM_CONF={slurm_conf} " if slurm_conf else ""
+    script.write_text(f"#!/bin/sh\n{conf}{sys.executable} -c \"{ATTEMPT}\" {script_args}\n")
+    proc = subprocess.run(["sbatch", "--parsable", "-A", ACCOUNT, "-p", GPU_PARTITION, *args, "--mem=500", "-t", "5",
+                           "-o", str(tmp_path / f"{name}.log"), str(script)],
+                          capture_output=True, text=True, env=snakemake_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -250,12 +255,19 @@ def _wait_for(job_id: str, states: tuple[str, ...], seconds: float = 120) -> str
     return _state(job_id)
 
 
+def _record(log: Path) -> dict:
+    line = next(l for l in log.read_text().splitlines() if l.startswith("ACCOUNTING "))
+    return json.loads(line.removeprefix("ACCOUNTING "))
+
+
 @pytest.mark.slow
 def test_a_cancelled_attempt_and_its_retry_are_summed_on_the_test_cluster(slurm_cluster, tmp_path):
     """Two real attempts of one cell: a 1-GPU job cancelled mid-run (as a time limit or preemption would
-    end it), then a 2-GPU retry. sacct fails (no slurmdbd); scontrol measures both jobs."""
+    end it), then a 2-GPU retry. sacct measures both jobs from slurmdbd's records (AllocTRES gres/gpu)."""
+    from slurm_cluster import sacct_jobs
+
     run_dir = tmp_path / "run"
-    first = _submit(tmp_path, "first", ["--gpus=1"], f"{run_dir} 600")
+    first = _submit(tmp_path, "first", ["--gpus=h100:1"], f"{run_dir} 600")
     assert _wait_for(first, ("RUNNING",)) == "RUNNING"
     deadline = time.monotonic() + 60
     while not (run_dir / "trace.jsonl").exists() and time.monotonic() < deadline:
@@ -263,15 +275,41 @@ def test_a_cancelled_attempt_and_its_retry_are_summed_on_the_test_cluster(slurm_
     time.sleep(2)
     subprocess.run(["scancel", first], check=True)
     assert _wait_for(first, ("CANCELLED",)) == "CANCELLED"
-    second = _submit(tmp_path, "second", ["--gres=gpu:2"], f"{run_dir} 2")
+    second = _submit(tmp_path, "second", ["--gres=gpu:h100:2"], f"{run_dir} 2")
     assert _wait_for(second, ("COMPLETED", "FAILED")) == "COMPLETED", (tmp_path / "second.log").read_text()
 
-    line = next(l for l in (tmp_path / "second.log").read_text().splitlines() if l.startswith("ACCOUNTING "))
-    record = json.loads(line.removeprefix("ACCOUNTING "))
+    record = _record(tmp_path / "second.log")
     per = record["gpu_hours_attempts"]
-    assert [(a["slurm_job_id"], a["gpu_hours_source"], a["gpus"]) for a in per] == [
-        (first, "scontrol", 1), (second, "scontrol", 2)], record
+    assert [(a["slurm_job_id"], a["gpu_hours_source"], a["gpus"], a["elapsed_source"]) for a in per] == [
+        (first, "sacct", 1, "sacct"), (second, "sacct", 2, "sacct")], record
     assert per[0]["elapsed_seconds"] >= 2 and per[1]["elapsed_seconds"] >= 2
     assert record["gpu_hours"] == pytest.approx(
         per[0]["elapsed_seconds"] / 3600 + 2 * per[1]["elapsed_seconds"] / 3600, abs=2e-4)
-    assert record["gpu_hours_source"] == "scontrol" and record["slurm_job_id"] == second
+    assert record["gpu_hours_source"] == "sacct" and record["slurm_job_id"] == second
+    # The cancelled attempt's time is slurmdbd's final record of it.
+    assert per[0]["elapsed_seconds"] == int(sacct_jobs([first])[first]["ElapsedRaw"])
+
+
+@pytest.mark.slow
+def test_without_accounting_scontrol_measures_the_job_on_the_test_cluster(slurm_cluster, tmp_path):
+    """The job measures itself with a copy of the cluster's slurm.conf that has accounting off, as at a site
+    without slurmdbd: the real sacct refuses, and scontrol (slurmctld's view) gives the GPUs and time. The
+    job is in slurmdbd all the same, so the fallback was the config's doing, not missing data."""
+    from slurm_cluster import ETC, sacct_jobs
+
+    conf = tmp_path / "slurm.conf"
+    text = (ETC / "slurm.conf").read_text()
+    assert "AccountingStorageType=accounting_storage/slurmdbd" in text
+    conf.write_text(text.replace("AccountingStorageType=accounting_storage/slurmdbd",
+                                 "AccountingStorageType=accounting_storage/none"))
+    refused = subprocess.run(["sacct", "-n", "-X"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": str(conf)})
+    assert refused.returncode != 0 and "accounting storage is disabled" in refused.stderr.lower(), refused
+
+    job = _submit(tmp_path, "job", ["--gpus=h100:2"], f"{tmp_path / 'run'} 2", slurm_conf=conf)
+    assert _wait_for(job, ("COMPLETED", "FAILED")) == "COMPLETED", (tmp_path / "job.log").read_text()
+    record = _record(tmp_path / "job.log")
+    (attempt,) = record["gpu_hours_attempts"]
+    assert (attempt["slurm_job_id"], attempt["gpu_hours_source"], attempt["gpus"], attempt["elapsed_source"]) == (
+        job, "scontrol", 2, "scontrol"), record
+    assert attempt["elapsed_seconds"] >= 2 and record["gpu_hours"] == round(2 * attempt["elapsed_seconds"] / 3600, 4)
+    assert "gres/gpu:h100=2" in sacct_jobs([job])[job]["AllocTRES"].split(",")

@@ -227,7 +227,7 @@ def test_deleting_one_eval_reruns_exactly_its_downstream(embedded_run: Path):
     target.unlink()
     proc = _dry_run(embedded_run)
     assert proc.returncode == 0
-    assert job_counts(proc.stdout) == {"evaluate": 1, "leaderboard": 1, "all": 1, "total": 3}
+    assert job_counts(proc.stdout) == {"evaluate": 1, "leaderboard": 1, "status": 1, "all": 1, "total": 4}
     assert str(target.relative_to(embedded_run)) in proc.stdout
     proc = snakemake("--profile", str(ROOT / "profiles" / "default"), "--snakefile", str(ROOT / "Snakefile"),
                      "--directory", str(embedded_run), "--configfile", str(embedded_run / "config.yaml"),

@@ -183,10 +183,16 @@ def record_attempt(run_dir: Path, budget_gpus: int, job_id: str | None = None) -
     job_id = job_id if job_id is not None else os.environ.get("SLURM_JOB_ID")
     attempts = read_attempts(run_dir)
     if attempts and "last_seen" not in attempts[-1]:
-        try:
-            attempts[-1]["last_seen"] = (run_dir / "trace.jsonl").stat().st_mtime
-        except OSError:
-            pass
+        # Each attempt writes its trace in its own directory under .attempts/ (published ones are linked
+        # beside run.json): the newest write among them is the previous attempt's last sign of life.
+        seen = []
+        for trace in [run_dir / "trace.jsonl", *run_dir.glob(".attempts/*/trace.jsonl")]:
+            try:
+                seen.append(trace.stat().st_mtime)
+            except OSError:
+                pass
+        if seen:
+            attempts[-1]["last_seen"] = max(seen)
     now = time.time()
     attempts.append({"slurm_job_id": job_id, "started": now, "budget_gpus": int(budget_gpus),
                      "started_iso": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")})

@@ -10,12 +10,15 @@ from pathlib import Path
 from .io import atomic_write_json, atomic_write_text
 
 
-def _weights_from_config(path: Path | None) -> dict | None:
+def _scoring_from_config(path: Path | None) -> tuple[dict, dict]:
+    """The config's ``scoring`` section and published model names -> model keys (``models.<key>.display_name``)."""
     if path is None:
-        return None
+        return {}, {}
     from .config import load_config
 
-    return load_config(path)["scoring"]["weights"]
+    config = load_config(path)
+    names = {spec["display_name"]: key for key, spec in config["models"].items() if spec.get("display_name")}
+    return config["scoring"], names
 
 
 def _usable_verdicts(verdict_files: list[Path]) -> list[Path]:
@@ -41,14 +44,23 @@ def _usable_verdicts(verdict_files: list[Path]) -> list[Path]:
 def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
                       config_weights: dict | None, cells_csv: Path | None = None,
                       eval_files: list[Path] | None = None, flags_csv: Path | None = None,
-                      verdict_files: list[Path] | None = None) -> None:
-    """Build the leaderboard CSV (+ per-cell CSV, weights JSON, plots, flags report) from ``results_dir``."""
-    from .leaderboard import leaderboard_from_results
+                      verdict_files: list[Path] | None = None, comparisons_csv: Path | None = None, *,
+                      bootstrap_samples: int = 2000, bootstrap_seed: int = 0, published_dir: Path | None = None,
+                      model_names: dict | None = None, published_seeds: int = 3) -> None:
+    """Build the leaderboard CSV (+ per-cell CSV, weights JSON, pairwise comparisons, plots, flags report) from
+    ``results_dir``; ``published_dir``: published per-agent tables to put in the same table and plots."""
+    from .leaderboard import leaderboard_with_uncertainty
 
     # The workflow names the verdicts it asked for: any of them missing leaves its cell unjudged.
-    board, cells, weights = leaderboard_from_results(results_dir, config_weights, eval_files,
-                                                     judged_tree=True if verdict_files else None)
+    scored = leaderboard_with_uncertainty(results_dir, config_weights, eval_files,
+                                          judged_tree=True if verdict_files else None,
+                                          bootstrap_samples=bootstrap_samples, bootstrap_seed=bootstrap_seed,
+                                          published_dir=published_dir, model_names=model_names,
+                                          published_seeds=published_seeds)
+    board, cells, weights, comparisons = scored.board, scored.cells, scored.weights, scored.comparisons
     atomic_write_text(out_csv, board.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(comparisons_csv or out_csv.with_name("comparisons.csv"),
+                      comparisons.to_csv(index=False, float_format="%.4f"))
     atomic_write_json(out_csv.with_name(out_csv.stem + ".weights.json"),
                       {"source": weights.source, "weights": weights.values})
     if cells_csv is not None:
@@ -62,14 +74,20 @@ def write_leaderboard(results_dir: Path, out_csv: Path, plots_dir: Path | None,
     if plots_dir is not None:
         from .plots import write_plots
 
-        write_plots(board, sorted(weights.values), plots_dir, weights.source)
+        write_plots(board, sorted(weights.values), plots_dir, weights.source, comparisons)
     width = max(len(a) for a in board.agent)
     print(f"weights from {weights.source}: " + ", ".join(f"{b}={w:.4f}" for b, w in weights.values.items()))
     for row in board.itertuples():
         spread = "" if row.score_std != row.score_std else f" ± {row.score_std:.1f}"
+        interval = "" if row.score_ci_low != row.score_ci_low else \
+            f"  95% CI [{row.score_ci_low:.1f}, {row.score_ci_high:.1f}]"
         note = " (reference)" if row.reference else ""
-        print(f"{row.agent:<{width}}  {row.score:6.1f}{spread}  cells={row.n_cells} "
-              f"flagged={row.n_flagged} failed={row.n_failed} unjudged={row.n_unjudged}{note}")
+        if row.source == "published":
+            print(f"{row.agent:<{width}}  {row.score:6.1f}{interval}  (published) {row.ci_note}")
+            continue
+        caveat = f"  [{row.ci_note}]" if row.ci_note else ""
+        print(f"{row.agent:<{width}}  {row.score:6.1f}{spread}{interval}  cells={row.n_cells} "
+              f"flagged={row.n_flagged} failed={row.n_failed} unjudged={row.n_unjudged}{note}{caveat}")
 
 
 def write_requests_file(config_path: Path, benchmark: str, model_dir: Path, out: Path, *, limit: int | None,
@@ -141,10 +159,32 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--flags", type=Path, default=None,
                     help="also write the flags report (each flag with its evidence) here")
     lb.add_argument("--config", type=Path, default=None,
-                    help="workflow config whose scoring.weights apply when reference rows are missing")
+                    help="workflow config whose scoring.weights apply when reference rows are missing (its "
+                         "scoring.bootstrap_* settings and model display names apply too)")
+    lb.add_argument("--comparisons", type=Path, default=None,
+                    help="pairwise comparisons CSV to write (default: comparisons.csv beside --out)")
+    lb.add_argument("--bootstrap-samples", type=int, default=None,
+                    help="bootstrap resamples for the 95%% intervals (default: scoring.bootstrap_samples, 2000; "
+                         "0: no intervals)")
+    lb.add_argument("--bootstrap-seed", type=int, default=None,
+                    help="seed of the bootstrap (default: scoring.bootstrap_seed, 0)")
+    lb.add_argument("--published", type=Path, default=None,
+                    help="directory of published per-agent tables (aggregated_avg_<Agent>.csv, optional "
+                         "aggregated_std_<Agent>.csv) to put in the same table and plots, marked published")
+    lb.add_argument("--published-seeds", type=int, default=3,
+                    help="seeds the published std tables are over (for their normal-approximation interval)")
 
     check = sub.add_parser("check-config", help="validate a workflow config and print its cell count")
     check.add_argument("config", type=Path)
+
+    plan = sub.add_parser("plan", help="jobs, requested GPU- and CPU-hours, expected evaluation and API cost, disk "
+                                       "and missing staged inputs of a config's sweep, before launch (docs/hpc.md)")
+    plan.add_argument("config", type=Path)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (keys: posttrainbench.plan)")
+    plan.add_argument("--tokens-per-second", type=float, default=None,
+                      help="output tokens per second of one evaluation job (default: plan.eval_tokens_per_second)")
+    plan.add_argument("--directory", type=Path, default=Path("."),
+                      help="the workflow's directory, where staged inputs are looked for (default: here)")
 
     req = sub.add_parser("requests", help="write the requests the evaluator would send, without running a model")
     req.add_argument("--config", type=Path, required=True, help="workflow config (its evaluation protocol applies)")
@@ -158,10 +198,47 @@ def main(argv: list[str] | None = None) -> int:
     req.add_argument("--prompting", choices=("chat", "few-shot"), default="chat")
     req.add_argument("--reference", action="store_true", help="a reference row (one attempt, first rung)")
 
+    site = sub.add_parser("validate-site", help="run the reference rows of a config's matrix and compare them "
+                                                "with the published baseline tables (docs/hpc.md)")
+    site.add_argument("--config", type=Path, required=True, help="workflow config (its reference rows are run)")
+    site.add_argument("--published", type=Path, default=None,
+                      help="folder of published tables (aggregated_baseline.csv, aggregated_baseline_fewshot.csv; "
+                           "default: tests/data/published)")
+    site.add_argument("--cores", default=None, help="Snakemake --cores (default: all, without --profile)")
+    site.add_argument("--profile", default=None, help="Snakemake profile, e.g. slurm")
+    site.add_argument("--directory", type=Path, default=None,
+                      help="working directory of the run (results/ and resources/ there; default: here)")
+    site.add_argument("--compare-only", action="store_true", help="compare the results already there, run nothing")
+    site.add_argument("--out", type=Path, default=None, help="comparison CSV (default: results/site_validation.csv)")
+    site.add_argument("snakemake_args", nargs="*", help="further Snakemake arguments, after --")
+
+    st = sub.add_parser("status", help="every cell's stage, score, flag or failure, and the sweep's GPU-hours "
+                                       "(read-only: result files and squeue)")
+    st.add_argument("results_dir", type=Path, nargs="?", default=Path("results"),
+                    help="the results tree (default: results; its parent is the workflow's directory)")
+    st.add_argument("--config", type=Path, default=None,
+                    help="the workflow's config (default: config/config.yaml beside the results tree)")
+    st.add_argument("--watch", type=float, nargs="?", const=30.0, default=None, metavar="SECONDS",
+                    help="redraw every SECONDS (default 30) until interrupted")
+    st.add_argument("--json", action="store_true", help="print JSON: the summary and every cell")
+
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        from .plan import main as plan_main
+
+        return plan_main(args.config, as_json=args.json, tokens_per_second=args.tokens_per_second,
+                         workdir=args.directory)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .config import ConfigError
     from .leaderboard import LeaderboardError
+    from .uncertainty import UncertaintyError
+
+    if args.command == "validate-site":
+        from .site_validation import validate_site
+
+        return validate_site(args.config, published_dir=args.published, directory=args.directory, cores=args.cores,
+                             profile=args.profile, compare_only=args.compare_only, out_csv=args.out,
+                             extra=args.snakemake_args)
 
     if args.command == "requests":
         from .artifacts import ArtifactError
@@ -181,16 +258,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {n} requests")
         return 0
 
+    if args.command == "status":
+        from .status import main as status_main
+
+        return status_main(args.results_dir, args.config, watch=args.watch, as_json=args.json)
+
     try:
         if args.command == "leaderboard":
-            write_leaderboard(args.results_dir, args.out, args.plots, _weights_from_config(args.config), args.cells,
-                              flags_csv=args.flags)
+            scoring, names = _scoring_from_config(args.config)
+            samples = args.bootstrap_samples if args.bootstrap_samples is not None else \
+                scoring.get("bootstrap_samples", 2000)
+            seed = args.bootstrap_seed if args.bootstrap_seed is not None else scoring.get("bootstrap_seed", 0)
+            if samples < 0 or args.published_seeds < 1:
+                raise LeaderboardError("--bootstrap-samples must be 0 or more and --published-seeds 1 or more")
+            write_leaderboard(args.results_dir, args.out, args.plots, scoring.get("weights"), args.cells,
+                              flags_csv=args.flags, comparisons_csv=args.comparisons, bootstrap_samples=samples,
+                              bootstrap_seed=seed, published_dir=args.published, model_names=names,
+                              published_seeds=args.published_seeds)
         elif args.command == "check-config":
             from .config import iter_cells, load_config
 
             cells = list(iter_cells(load_config(args.config)))
             print(f"{args.config}: valid, {len(cells)} cells")
-    except (ConfigError, LeaderboardError) as exc:
+    except (ConfigError, LeaderboardError, UncertaintyError) as exc:
         print(f"ptb: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -431,11 +431,15 @@ def evaluate_checkpoint(
                          request_timeout=timeout_seconds or 3600, server_log=server_log, server=server) as engine:
             generation_started = time.monotonic()
             engine_s = generation_started - engine_started
+            from .progress import ProgressReporter
+
             for rung_tokens, tries in ladder:
                 for _ in range(tries):
+                    # One progress count per attempt: items generated of this attempt's requests.
+                    engine.progress = ProgressReporter(len(requests), f"generate:{benchmark}", logger=log)
                     try:
                         # The limit is per attempt, as published: a timed-out attempt is retried lower down.
-                        with time_limit(timeout_seconds):
+                        with time_limit(timeout_seconds), engine.progress:
                             responses = engine.generate(requests, rung_tokens, seed=seed * 100003)
                     except InfrastructureError:
                         raise

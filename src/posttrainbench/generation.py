@@ -58,6 +58,8 @@ class HFEngine:
     """transformers ``generate`` on left-padded batches of the requests' token ids."""
 
     backend = "hf"
+    # A ProgressReporter the caller sets to count generated items (posttrainbench.progress).
+    progress = None
 
     def __init__(self, model_dir: Path, tokenizer, *, device: str, dtype: str, batch_size: int,
                  stop_ids: Sequence[int]):
@@ -118,6 +120,8 @@ class HFEngine:
                 text, stopped = _cut_at_stop(text, request.stop)
                 out[order[start + row]] = Response(text=text, finish_reason="stop" if (ended is not None or stopped)
                                                    else "length")
+            if self.progress is not None:
+                self.progress.update(len(batch))
         return [r for r in out if r is not None]
 
     def close(self) -> None:
@@ -131,6 +135,7 @@ class VLLMEngine:
     """Requests to a vLLM server's ``/v1/completions`` with the prompt as token ids, ``batch_size`` at a time."""
 
     backend = "vllm"
+    progress = None  # as HFEngine.progress
 
     def __init__(self, server, *, batch_size: int, stop_ids: Sequence[int], request_timeout: float):
         self.server, self.batch_size = server, int(batch_size)
@@ -159,6 +164,9 @@ class VLLMEngine:
     def generate(self, requests: Sequence[Request], max_tokens: int, seed: int = 0) -> list[Response]:
         with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
             futures = [pool.submit(self._one, r, max_tokens, seed + i) for i, r in enumerate(requests)]
+            if self.progress is not None:
+                for future in futures:
+                    future.add_done_callback(lambda _f, progress=self.progress: progress.update())
             return [f.result() for f in futures]
 
     def close(self) -> None:

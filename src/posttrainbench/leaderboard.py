@@ -5,7 +5,8 @@ benchmark when the cell failed, was flagged by the judge, is missing, or (in a r
 verdicts) has no readable verdict. Per benchmark b, each
 row's score is averaged over base models (after averaging seeds); weights are
 w_b = 1 / (instruct_b - base_b), normalised, when both reference rows exist, else from config.
-The headline is 100 * sum_b w_b * score_b; its spread is the std of per-seed headlines.
+The headline is 100 * sum_b w_b * score_b; its spread is the std of per-seed headlines, and its 95% interval a
+hierarchical bootstrap over seeds and items (:mod:`posttrainbench.uncertainty`, docs/leaderboard.md).
 """
 
 from __future__ import annotations
@@ -326,3 +327,49 @@ def leaderboard_from_results(
     board = add_gpu_hours(board, cells, Path(results_dir))
     table = _fill_missing(effective_scores(cells))
     return board, table.sort_values(CELL_KEYS).reset_index(drop=True), weights
+
+
+@dataclass
+class ScoredResults:
+    """The leaderboard with its uncertainty: rows (intervals and ``source`` included), the per-cell table, the
+    weights, and the pairwise comparisons of every two rows."""
+
+    board: pd.DataFrame
+    cells: pd.DataFrame
+    weights: Weights
+    comparisons: pd.DataFrame
+
+
+def leaderboard_with_uncertainty(
+    results_dir: str | Path,
+    config_weights: Mapping[str, float] | None = None,
+    eval_files: list[Path] | None = None,
+    judged_tree: bool | None = None,
+    *,
+    bootstrap_samples: int = 2000,
+    bootstrap_seed: int = 0,
+    published_dir: str | Path | None = None,
+    model_names: Mapping[str, str] | None = None,
+    published_seeds: int = 3,
+) -> ScoredResults:
+    """:func:`leaderboard_from_results` plus a hierarchical bootstrap interval per agent (``bootstrap_samples``
+    resamples from ``bootstrap_seed``; 0 turns it off), rows from published per-agent tables in ``published_dir``
+    scored with the same weights, and the pairwise comparisons (:mod:`posttrainbench.uncertainty`)."""
+    from . import uncertainty as unc
+
+    board, table, weights = leaderboard_from_results(results_dir, config_weights, eval_files, judged_tree)
+    boot = None
+    if bootstrap_samples:
+        items = unc.load_items(results_dir, table)
+        boot = unc.bootstrap_headlines(table, weights.values, items, n_samples=bootstrap_samples,
+                                       seed=bootstrap_seed)
+    board = unc.add_intervals(board, boot)
+    published = None
+    if published_dir is not None:
+        published = unc.read_published(published_dir, weights.values, our_models=sorted(table.model.unique()),
+                                       model_names=model_names, seeds=published_seeds, taken=set(board.agent))
+        board = unc.merge_published(board, published)
+    else:
+        board["source"] = "ours"
+    comparisons = unc.compare_agents(board, boot, published, seed=bootstrap_seed)
+    return ScoredResults(board, table, weights, comparisons)

@@ -231,10 +231,15 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from .progress import ProgressReporter
+
+    # Four steps: load the GGUF, rebuild a clean model, save it, verify the round trip.
+    progress = ProgressReporter(4, f"stage-steps:{gguf_path.name}", logger=_log())
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False, local_files_only=True)
     source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False, local_files_only=True)
     source.eval()
+    progress.update()
 
     # A clean config: the GGUF load leaves quantization/provenance keys that would confuse later loaders.
     cfg = source.config.to_dict()
@@ -263,6 +268,7 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
         if out_w.data_ptr() != in_w.data_ptr():
             raise ModelStagingError("tie_word_embeddings is set but the output and input embeddings are not tied")
     clean.eval()
+    progress.update()
 
     # Generation defaults: stop on the tokenizer's end-of-turn token, pad with its pad token.
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.eos_token_id
@@ -277,6 +283,7 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
     clean.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     _clean_tokenizer_config(dest)
+    progress.update()
 
     # Round trip: the saved folder must reproduce the GGUF-loaded model's tokens and greedy continuation.
     reloaded_tok = AutoTokenizer.from_pretrained(dest, trust_remote_code=False, local_files_only=True)
@@ -296,6 +303,7 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
         raise ModelStagingError(
             f"saved model's greedy tokens {greedy_new} differ from the GGUF-loaded model's {greedy_src}"
         )
+    progress.finish()
     return {
         "gguf_file": str(gguf_path),
         "gguf_sha256": sha256_file(gguf_path),
@@ -309,8 +317,18 @@ def _convert_gguf(gguf_path: Path, dest: Path, verify_tokens: int = 12) -> dict[
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _log():
+    import logging
+
+    return logging.getLogger(__name__)
+
+
 def _copy_local(src: Path, dest: Path) -> dict[str, Any]:
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STAGE_META_NAME, ".*"))
+    from .progress import ProgressReporter, folder_bytes, watch_folder
+
+    reporter = ProgressReporter(folder_bytes(src), f"stage-bytes:{src.name}", logger=_log())
+    with watch_folder(dest, reporter):
+        shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STAGE_META_NAME, ".*"))
     if not weight_files(dest):
         _resave_as_safetensors(dest)
     return {"copied_from": str(src.resolve())}
@@ -330,11 +348,29 @@ def _resave_as_safetensors(folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
+def _hub_bytes(repo_id: str) -> int | None:
+    """Bytes of the files staging fetches from ``repo_id`` (for progress), or ``None`` when the hub does not say."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import filter_repo_objects
+
+        siblings = HfApi().model_info(repo_id, files_metadata=True).siblings or []
+        wanted = list(filter_repo_objects(siblings, allow_patterns=_HUB_PATTERNS, key=lambda f: f.rfilename))
+        sizes = [f.size for f in wanted]
+        return sum(sizes) if wanted and all(isinstance(x, int) for x in sizes) else None
+    except Exception:  # noqa: BLE001 - only the progress line's total depends on it; the download reports errors
+        return None
+
+
 def _download_hub(repo_id: str, dest: Path) -> dict[str, Any]:
     try:
         from huggingface_hub import snapshot_download
 
-        revision_path = snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=_HUB_PATTERNS)
+        from .progress import ProgressReporter, watch_folder
+
+        reporter = ProgressReporter(_hub_bytes(repo_id), f"stage-bytes:{repo_id}", logger=_log())
+        with watch_folder(dest, reporter):
+            revision_path = snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=_HUB_PATTERNS)
     except Exception as exc:  # network errors, offline mode, gated repos, unknown ids all land here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelStagingError(

@@ -1,5 +1,6 @@
-"""Leaderboard figures: a bar chart with per-seed error bars, an agent x benchmark heatmap, and the
-time utilisation (fraction of the budget used vs score, with the Pareto frontier)."""
+"""Leaderboard figures: a bar chart with 95% bootstrap intervals (per-seed spread where there is none), a forest
+plot of the pairwise differences, an agent x benchmark heatmap, and the time utilisation (fraction of the budget
+used vs score, with the Pareto frontier)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pandas as pd  # noqa: E402
 
 AGENT_COLOR = "#3b6fb6"
 REFERENCE_COLOR = "#9a9a9a"
+PUBLISHED_COLOR = "#e0a040"
+SIGNIFICANT_COLOR = "#c0392b"
 
 
 def _save(fig, path: Path) -> None:
@@ -24,28 +27,80 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _error_bars(board: pd.DataFrame) -> tuple[np.ndarray, bool]:
+    """(2 x n) lower/upper bar lengths: the 95% interval where the board has one, else the std over seeds."""
+    score = board.score.to_numpy(dtype=float)
+    std = board.score_std.to_numpy(dtype=float) if "score_std" in board else np.full(len(board), np.nan)
+    if "score_ci_low" in board:
+        low = board.score_ci_low.to_numpy(dtype=float)
+        high = board.score_ci_high.to_numpy(dtype=float)
+    else:
+        low = high = np.full(len(board), np.nan)
+    has_ci = np.isfinite(low) & np.isfinite(high)
+    lower = np.where(has_ci, score - low, np.nan_to_num(std))
+    upper = np.where(has_ci, high - score, np.nan_to_num(std))
+    return np.clip(np.vstack([lower, upper]), 0, None), bool(has_ci.any())
+
+
 def plot_leaderboard(board: pd.DataFrame, path: Path, weights_source: str = "") -> None:
-    """Horizontal bars, best on top; reference rows grey and hatched; error bars = std over seeds."""
+    """Horizontal bars, best on top; reference rows grey and hatched, published rows orange and dotted; error bars
+    = 95% bootstrap interval (std over seeds for a row without one)."""
     board = board.sort_values("score")
+    published = (board.source == "published").to_numpy() if "source" in board else np.zeros(len(board), bool)
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(board) + 1.6))
-    colors = [REFERENCE_COLOR if ref else AGENT_COLOR for ref in board.reference]
-    errors = board.score_std.fillna(0).to_numpy()
-    bars = ax.barh(board.agent, board.score, xerr=errors, color=colors, capsize=3,
+    colors = [PUBLISHED_COLOR if pub else REFERENCE_COLOR if ref else AGENT_COLOR
+              for ref, pub in zip(board.reference, published)]
+    errors, has_ci = _error_bars(board)
+    labels = [f"{a} (published)" if pub and not str(a).endswith("(published)") else a
+              for a, pub in zip(board.agent, published)]
+    bars = ax.barh(labels, board.score, xerr=errors, color=colors, capsize=3,
                    error_kw={"elinewidth": 1, "ecolor": "#333333"})
-    for bar, ref in zip(bars, board.reference):
-        if ref:
+    for bar, ref, pub in zip(bars, board.reference, published):
+        if pub:
+            bar.set_hatch("..")
+        elif ref:
             bar.set_hatch("//")
-    for y, (score, err) in enumerate(zip(board.score, errors)):
+    for y, (score, err) in enumerate(zip(board.score, errors[1])):
         ax.text(score + err + 0.5, y, f"{score:.1f}", va="center", fontsize=9)
-    ax.set_xlabel("Weighted average score (0-100)")
-    ax.set_xlim(0, max(10.0, float((board.score + errors).max()) * 1.15))
+    ax.set_xlabel("Weighted average score (0-100)" + ("; bars: 95% bootstrap interval" if has_ci else
+                                                       "; bars: std over seeds"))
+    ax.set_xlim(0, max(10.0, float((board.score + errors[1]).max()) * 1.15))
     title = "PostTrainBench leaderboard"
     if weights_source:
         title += f"  (weights: {weights_source})"
     ax.set_title(title, fontsize=11)
     handles = [plt.Rectangle((0, 0), 1, 1, color=AGENT_COLOR),
                plt.Rectangle((0, 0), 1, 1, facecolor=REFERENCE_COLOR, hatch="//")]
-    ax.legend(handles, ["agent", "reference row"], loc="lower right", fontsize=8)
+    names = ["agent", "reference row"]
+    if published.any():
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor=PUBLISHED_COLOR, hatch=".."))
+        names.append("published")
+    ax.legend(handles, names, loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_comparisons(comparisons: pd.DataFrame, path: Path) -> None:
+    """Forest plot: one row per pair (largest difference on top), the difference of headlines with its 95%
+    interval; red where the interval excludes 0, grey where it does not, hollow where the pair is unpaired."""
+    table = comparisons.sort_values("diff").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * max(len(table), 1) + 1.6))
+    if table.empty:
+        ax.text(0.5, 0.5, "fewer than two agents: nothing to compare", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        _save(fig, path)
+        return
+    for y, row in enumerate(table.itertuples()):
+        color = SIGNIFICANT_COLOR if row.excludes_zero else REFERENCE_COLOR
+        if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+            ax.hlines(y, row.ci_low, row.ci_high, color=color, lw=2)
+        hollow = str(row.pairing).startswith("unpaired")
+        ax.plot(row.diff, y, "o", color=color, markerfacecolor="white" if hollow else color, markersize=6)
+    ax.axvline(0, color="#333333", lw=1)
+    ax.set_yticks(range(len(table)), [f"{a} - {b}" for a, b in zip(table.agent_a, table.agent_b)], fontsize=8)
+    ax.set_xlabel("Difference of headline scores (points, 0-100 scale) with 95% interval")
+    ax.set_title("Pairwise comparisons (red: interval excludes 0; hollow: unpaired)", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
 
@@ -57,7 +112,9 @@ def plot_heatmap(board: pd.DataFrame, benchmarks: list[str], path: Path) -> None
     fig, ax = plt.subplots(figsize=(1.1 * len(benchmarks) + 3, 0.5 * len(board) + 1.6))
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(benchmarks)), benchmarks, rotation=30, ha="right")
-    labels = [f"{a} (ref)" if ref else a for a, ref in zip(board.agent, board.reference)]
+    published = board.source == "published" if "source" in board else pd.Series(False, index=board.index)
+    labels = [f"{a} (ref)" if ref else f"{a} (published)" if pub and not str(a).endswith("(published)") else a
+              for a, ref, pub in zip(board.agent, board.reference, published)]
     ax.set_yticks(range(len(board)), labels)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -70,11 +127,15 @@ def plot_heatmap(board: pd.DataFrame, benchmarks: list[str], path: Path) -> None
     _save(fig, path)
 
 
-def write_plots(board: pd.DataFrame, benchmarks: list[str], out_dir: Path, weights_source: str = "") -> list[Path]:
+def write_plots(board: pd.DataFrame, benchmarks: list[str], out_dir: Path, weights_source: str = "",
+                comparisons: pd.DataFrame | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     paths = [out_dir / "leaderboard.png", out_dir / "heatmap.png"]
     plot_leaderboard(board, paths[0], weights_source)
     plot_heatmap(board, benchmarks, paths[1])
+    if comparisons is not None:
+        paths.append(out_dir / "comparisons.png")
+        plot_comparisons(comparisons, paths[2])
     return paths
 
 

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -26,8 +25,8 @@ import yaml
 
 from .. import __version__
 from ..cells import Cell
-from .. import accounting
-from ..io import atomic_write_json
+from .. import accounting, attempt_lock, storage
+from ..io import atomic_write_json, atomic_write_text
 from . import workspace as ws
 from .collect import DEFAULT_CAP_FACTOR, Collected, collect_checkpoint, size_text, tree_bytes
 from .fswalk import Walk, open_regular, read_chunks
@@ -48,22 +47,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _archive_previous_attempt(run_dir: Path) -> None:
-    """A rerun never destroys an earlier attempt's workspace or checkpoint: move them aside."""
-    for partial in run_dir.glob(".final_model.partial-*"):  # a collection cut short: never a checkpoint
-        shutil.rmtree(partial, ignore_errors=True)
-    leftovers = [p for p in (run_dir / "workspace", run_dir / "final_model") if p.exists()]
-    if not leftovers:
-        return
-    (run_dir / ".attempts").mkdir(exist_ok=True)
-    attempt = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=run_dir / ".attempts"))
-    for path in leftovers:
-        shutil.move(str(path), attempt / path.name)
-    log.warning("moved the previous attempt's %s to %s", ", ".join(p.name for p in leftovers), attempt)
-
-
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 AGENT_CLI_BIN = PROJECT_ROOT / "envs" / "agents" / "node_modules" / ".bin"
+# Where the agent image (containers/agent.def) installs the same pinned CLIs, and its Node.js 22.
+IMAGE_CLI_BIN = PurePosixPath("/opt/ptb/envs/agents/node_modules/.bin")
 CLI_TYPES = ("claude-code", "codex", "gemini-cli", "opencode", "openai-compatible")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -167,16 +154,20 @@ def _check_options(spec: dict, cell: Cell) -> None:
         raise AgentNotRunnable(problem)
 
 
-def cli_command(spec: dict, cell: Cell, workspace: Path, *, message: str | None = None
+def cli_command(spec: dict, cell: Cell, workspace: Path, *, message: str | None = None, backend: str | None = None
                 ) -> tuple[list[str], dict[str, str], dict]:
     """argv, extra environment (the agent's own keys included) and adapter of a CLI agent; with ``message``,
-    the command that resumes its latest session with that message (re-prompting)."""
+    the command that resumes its latest session with that message (re-prompting). Under the apptainer
+    ``backend`` the CLI is the agent image's own (IMAGE_CLI_BIN); elsewhere the host's envs/agents, else PATH.
+    Creates the adapter's ``home_dirs`` and, with a ``base_url``, its ``base_url.files`` in the workspace."""
     adapter = adapters()[spec["type"]]
     _check_options(spec, cell)
     if spec["type"] == "openai-compatible" and not spec.get("base_url"):
         raise AgentNotRunnable(f"config key 'agents.{cell.agent}.base_url' is required for type openai-compatible")
     executable = AGENT_CLI_BIN / adapter["executable"]
-    if not executable.exists():
+    if backend == "apptainer":
+        executable = Path(IMAGE_CLI_BIN / adapter["executable"])  # checked when the image is built (%test)
+    elif not executable.exists():
         found = shutil.which(adapter["executable"])
         if not found:
             raise AgentNotRunnable(
@@ -187,12 +178,24 @@ def cli_command(spec: dict, cell: Cell, workspace: Path, *, message: str | None 
         "prompt": _task_prompt(workspace, adapter.get("task_note")), "model": spec["model"], "home": str(workspace),
         "reasoning_effort": spec.get("reasoning_effort") or "", "base_url": spec.get("base_url") or "",
         "message": message or "",
+        # The variable holding the key, for a CLI configured to read it by name (a custom endpoint).
+        "key_env": spec.get("api_key_env") or next(iter(adapter.get("keys") or []), ""),
     }
     if spec["type"] == "openai-compatible":
         values["opencode_endpoint_config"] = opencode_endpoint_config(spec)
     template = adapter["resume_argv"] if message is not None else adapter["argv"]
     argv = [str(executable)] + [_fill(a, values) for a in template]
     env = {k: _fill(str(v), values) for k, v in (adapter.get("env") or {}).items()}
+    for folder in adapter.get("home_dirs") or []:  # what the CLI refuses to start without
+        (workspace / folder).mkdir(parents=True, exist_ok=True)
+    endpoint = adapter.get("base_url") or {}
+    if spec.get("base_url") and endpoint:
+        # The model API at another address (a gateway, or a local server in the tests).
+        argv += [_fill(a, values) for a in endpoint.get("args", [])]
+        env.update({k: _fill(str(v), values) for k, v in (endpoint.get("env") or {}).items()})
+        for relative, content in (endpoint.get("files") or {}).items():
+            (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(workspace / relative, _fill(content, values))
     effort = adapter.get("reasoning_effort") or {}
     if spec.get("reasoning_effort"):
         argv += [_fill(a, values) for a in effort.get("args", [])]
@@ -435,10 +438,43 @@ def _forwards(spec: dict, network: str) -> list[tuple[str, int]]:
     return []
 
 
-def run_cell(
+def run_cell(cell: Cell, spec: dict, *, run_dir: Path, config: dict, **options) -> dict:
+    """Run the agent of ``cell`` as a new attempt and return (and publish) its run record; see
+    :func:`_run_attempt` for ``options``.
+
+    The attempt holds the cell's lock (:mod:`..attempt_lock`) from before the agent starts until its
+    results are published: a job that finds another attempt alive raises ``AttemptLive`` and runs nothing.
+    With ``storage.adopt_finished_attempt``, an earlier attempt that finished with the same configuration
+    but whose declared outputs were deleted (a restarted driver) is published again instead of re-run.
+    The workspace is on node-local storage when ``storage.workspace_dir`` is set (not for the reference
+    recipes, which hard-link the staged model and train nothing)."""
+    settings = (config or {}).get("storage") or {}
+    run_dir = Path(run_dir).resolve()
+    reference = spec.get("type") == "builtin" and spec.get("recipe") in ("base", "instruct")
+    digest = config_hash(config)
+
+    def same_attempt(record: dict) -> bool:
+        return ((record.get("agent"), record.get("model"), record.get("benchmark"), record.get("seed"))
+                == (cell.agent, cell.model, cell.benchmark, cell.seed) and record.get("config_sha256") == digest)
+
+    attempt = storage.begin(run_dir, cell.key, workspace_dir=None if reference else settings.get("workspace_dir"),
+                            adopt=same_attempt if settings.get("adopt_finished_attempt", False) else None)
+    if attempt.adopted is not None:
+        return attempt.adopted
+    try:
+        return _run_attempt(cell, spec, cell_attempt=attempt, run_dir=run_dir, config=config, **options)
+    except BaseException:
+        attempt.publish_trace()
+        raise
+    finally:
+        attempt.close()
+
+
+def _run_attempt(
     cell: Cell,
     spec: dict,
     *,
+    cell_attempt: "storage.Attempt",
     run_dir: Path,
     base_dir: Path,
     instruct_dir: Path | None,
@@ -462,10 +498,7 @@ def run_cell(
     instruct_dir = instruct_dir.resolve() if instruct_dir else None
     train_data = train_data.resolve() if train_data else None
     benchmark_dir = benchmark_dir.resolve() if benchmark_dir else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _archive_previous_attempt(run_dir)
-    workspace = run_dir / "workspace"
-    workspace.mkdir()
+    workspace = cell_attempt.workspace  # made by storage.begin, in the attempt's own directory or node-local
     private = run_dir / ".sandbox"  # the pipeline's scratch for this run; never visible inside
     shutil.rmtree(private, ignore_errors=True)
     private.mkdir()
@@ -507,8 +540,7 @@ def run_cell(
     helper_root = workspace / ws.HELPER_DIR
     harness_manifest = ws.manifest(helper_root, workspace)
 
-    trace_path = run_dir / "trace.jsonl"
-    trace_path.unlink(missing_ok=True)
+    trace_path = cell_attempt.dir / "trace.jsonl"  # published (linked) to the run directory at the end
     trace = TraceWriter(trace_path)
     record: dict = {
         "agent": cell.agent, "model": cell.model, "benchmark": cell.benchmark, "seed": cell.seed,
@@ -516,12 +548,13 @@ def run_cell(
         "sandbox": sandbox.name, "network": network, "image": getattr(sandbox, "image", None),
         "budget_hours": hours, "gpus": gpus, "grace_seconds": budget["grace_seconds"],
         "pipeline_version": __version__, "commit": _git_commit(), "config_sha256": config_hash(config),
-        "harness_manifest": harness_manifest,
+        "harness_manifest": harness_manifest, "attempt": cell_attempt.summary(),
     }
     env = _agent_env(workspace, threads, cell, base_dir, deadline, gpus, network)
     box = SandboxSpec(workspace=workspace, network=network, gpus=gpus, private_dir=private,
                       read_only=[p for p in (base_dir, instruct_dir, train_data) if p is not None],
                       allowed_hosts=sandbox_config.get("allowed_hosts"), forwards=_forwards(spec, network),
+                      scratch_root=sandbox_config.get("scratch_dir"),
                       **{k: budget[k] for k in ("max_processes", "disk_gb", "max_files", "tmp_mb", "shm_mb") if k in budget})
     if sandbox.isolating:
         box.mapped[TOOLS_MOUNT] = ws.install_tools(private / "tools")
@@ -544,9 +577,9 @@ def run_cell(
                 _check_options(spec, cell)
                 command = list(spec["command"])
             else:
-                command, extra_env, adapter = cli_command(spec, cell, workspace)
+                command, extra_env, adapter = cli_command(spec, cell, workspace, backend=sandbox.name)
                 env.update(extra_env)
-                if AGENT_CLI_BIN.is_dir():
+                if sandbox.name != "apptainer" and AGENT_CLI_BIN.is_dir():  # the image has its own
                     box.read_only.append(AGENT_CLI_BIN.parent.resolve())
                     env["PATH"] = os.pathsep.join([str(AGENT_CLI_BIN), env["PATH"]])
                 if spec.get("credentials_file"):
@@ -585,7 +618,7 @@ def run_cell(
         source = base_dir if spec["recipe"] == "base" else instruct_dir
         trusted = (source,) if source is not None else ()
     collected = attempt("checkpoint collection", lambda: collect_checkpoint(
-        workspace / "final_model", run_dir / "final_model", workspace=workspace, max_bytes=max_bytes,
+        workspace / "final_model", cell_attempt.dir / "final_model", workspace=workspace, max_bytes=max_bytes,
         cap_source=cap_source, trusted_sources=trusted), None)
     if collected is None:
         collected = Collected(None, f"the checkpoint could not be collected ({runner_errors[-1]})", present=True)
@@ -609,7 +642,14 @@ def run_cell(
                              {ws.HELPER_DIR: ws.UNHASHED + "hashing failed"})
     transcripts, transcript_problems = attempt(
         "copying transcripts", lambda: _copy_transcripts(workspace, adapter.get("transcript", []),
-                                                         run_dir / "transcript"), ([], []))
+                                                         cell_attempt.dir / "transcript"), ([], []))
+    if cell_attempt.scratch is not None:
+        # The node-local workspace comes back for the judge without its bulky parts (storage.cleanup.remove).
+        remove = storage.CleanupPolicy(["*"], ((config or {}).get("storage") or {}).get("cleanup", {})
+                                       .get("remove", []), None)
+        record["workspace_copied_back"] = attempt(
+            "copying the workspace back", lambda: storage.copy_back(
+                workspace, cell_attempt.dir / "workspace", lambda rel, size: remove.kept(f"workspace/{rel}", size)), None)
     record.update(
         status=status,
         reason=reason,
@@ -622,7 +662,7 @@ def run_cell(
         # SLURM's record of every attempt's job, else the budget's GPUs x the elapsed time
         **attempt("GPU accounting", lambda: accounting.cell_gpu_hours(outcome.wall_seconds, gpus,
                                                                       attempts=attempts), {}),
-        final_model=str(final_model) if final_model else None,
+        final_model=str(run_dir / "final_model") if final_model else None,  # where publishing puts it
         checkpoint_bytes=collected.size_bytes,
         checkpoint_cap_bytes=max_bytes,
         harness_manifest_after=manifest_after,
@@ -643,7 +683,11 @@ def run_cell(
         runner_errors=runner_errors + mount_problems,
         recorded=now_iso(),
     )
-    atomic_write_json(run_dir / "run.json", record)
+    atomic_write_json(cell_attempt.dir / "run.json", record)
+    if not cell_attempt.publish():
+        raise attempt_lock.AttemptLive(f"{cell.key}: attempt {cell_attempt.attempt_id} lost the cell's lock to "
+                                       f"{attempt_lock.describe(attempt_lock.read_lock(run_dir) or {})}; its "
+                                       f"results stay in {cell_attempt.dir}")
     return record
 
 
@@ -670,7 +714,7 @@ def _run_sessions(sandbox: Sandbox, spec: dict, cell: Cell, command: list[str], 
                                                          f"{REPROMPT_FAST_FAILURE_SECONDS} s (exit code {outcome.exit_code})")
                 break
             message = reprompt_message(left)
-            resume, _, _ = cli_command(spec, cell, workspace, message=message)
+            resume, _, _ = cli_command(spec, cell, workspace, message=message, backend=sandbox.name)
             trace.event("reprompt", seconds_left=int(left), message=message)
             outcome = sandbox.run(resume, workspace=workspace, env=env, timeout_seconds=deadline - time.time(),
                                   grace_seconds=grace, trace=trace, spec=box)

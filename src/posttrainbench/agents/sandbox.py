@@ -9,7 +9,8 @@ Backends share :class:`Sandbox` and differ only in the argv they wrap the agent 
   Under the ``open`` policy, slirp4netns gives that network namespace the outside world but not
   the host's loopback services or abstract Unix sockets.
 * ``apptainer``: ``apptainer exec --containall --cleanenv`` in the agent image, with the
-  workspace and the cell's inputs bound in (``--nv`` when the cell has GPUs).
+  workspace as HOME, the cell's inputs bound in, /tmp on node-local disk (``--nv`` when the cell
+  has GPUs); see :class:`ApptainerSandbox`.
 * ``none``: a plain subprocess, for development only (the runner logs it loudly).
 
 Network policies: ``open`` (the internet, as in the published setup; with bubblewrap through a
@@ -45,6 +46,16 @@ from ..evaluation import InfrastructureError  # a fault of the pipeline, never t
 # Variables an agent process may inherit from the pipeline; everything else (grader and judge
 # keys above all) is dropped. Agent-specific keys are added explicitly by the caller.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+# The site's HTTP proxy settings (clusters often reach the internet only through one): passed on to agents
+# under the ``open`` policy; under ``proxy`` the egress gateway chains to the proxy they name.
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "no_proxy", "NO_PROXY")
+
+
+def site_proxy_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The proxy variables set (non-empty) in the pipeline's environment."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in PROXY_VARIABLES if environ.get(k)}
 
 
 def now_iso() -> str:
@@ -235,7 +246,14 @@ class SandboxSpec:
     max_files: int = DEFAULT_MAX_FILES  # entries in the workspace (inodes of the host's file system)
     tmp_mb: int = DEFAULT_TMP_MB  # /tmp (and /run: RUN_TMPFS_MB) in memory
     shm_mb: int = DEFAULT_SHM_MB  # /dev/shm
+    # Where a backend whose /tmp is not memory-backed (apptainer) makes a run's /tmp: node-local disk.
+    # None: $SLURM_TMPDIR, else $TMPDIR, else the system's temporary directory.
+    scratch_root: Path | None = None
     start_fd: int | None = None  # set by Sandbox.run: where the in-sandbox launcher reports the start
+    scratch: Path | None = None  # set by the backend: this run's directory under scratch_root
+    # Set by the backend: limits the kernel does not enforce there, measured with the workspace:
+    # (limit name, bytes used given the sandbox's first PID (None: unknown), maximum in MiB).
+    watched: list[tuple[str, Callable[[int], int | None], int]] = field(default_factory=list)
 
     def limits(self) -> dict:
         return {"max_processes": self.max_processes, "disk_gb": self.disk_gb, "max_files": self.max_files,
@@ -322,6 +340,10 @@ class Sandbox:
         scratch = None
         if spec.private_dir is None and self.isolating:
             scratch = spec.private_dir = Path(tempfile.mkdtemp(prefix="ptb-sandbox-"))
+        if spec.network == "open":
+            # A site that reaches the internet only through its HTTP proxy: the agent needs its settings too
+            # (values the caller set win).
+            env = {**site_proxy_env(), **env}
         launch = None
         start_r, start_w = os.pipe()
         spec.start_fd = start_w
@@ -466,6 +488,7 @@ class LimitWatch:
         self.disk_gb = spec.disk_gb
         self.max_files = int(spec.max_files)
         self.trace = trace
+        self.watched = list(spec.watched)
         self.hits: list[dict] = []
         self.exceeded = threading.Event()
         self._stopping = threading.Event()
@@ -518,16 +541,23 @@ class LimitWatch:
                     self._hit("disk_gb", round(usage.bytes / 1e9, 3), self.disk_gb)
                 if usage.entries > self.max_files:
                     self._hit("max_files", usage.entries, self.max_files)
+                for limit, measure, max_mb in self.watched:
+                    try:
+                        taken = measure(self.root_pid)
+                    except OSError:
+                        taken = None
+                    if taken is not None and taken > int(max_mb) << 20:
+                        self._hit(limit, round(taken / (1 << 20), 1), max_mb)
 
 
-def count_tasks(root_pid: int) -> int:
-    """Processes and threads descending from ``root_pid`` (itself included), from /proc."""
+def _process_tree() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Children of every process and its number of threads, from /proc."""
     children: dict[int, list[int]] = {}
     threads: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return 0
+        return children, threads
     for name in entries:
         if not name.isdigit():
             continue
@@ -539,6 +569,37 @@ def count_tasks(root_pid: int) -> int:
         pid = int(name)
         children.setdefault(int(fields[1]), []).append(pid)  # after "pid (comm)": state, ppid, ...
         threads[pid] = int(fields[17])  # num_threads
+    return children, threads
+
+
+def namespace_mount_usage(root_pid: int, path: str = "/dev/shm") -> int | None:
+    """Bytes in use on the file system mounted at ``path`` as a process below ``root_pid`` sees it, for the
+    first such process whose ``path`` is another file system than ours (a container's own /dev/shm tmpfs:
+    its usage counts files already unlinked but still open, as shared memory segments are). None when no
+    process has one (the container is not set up yet, or is gone)."""
+    try:
+        ours = os.stat(path).st_dev
+    except OSError:
+        ours = None
+    children, _ = _process_tree()
+    queue = [root_pid]
+    while queue:
+        pid = queue.pop(0)
+        queue.extend(children.get(pid, ()))
+        seen = f"/proc/{pid}/root{path}"
+        try:
+            if os.stat(seen).st_dev == ours:
+                continue
+            vfs = os.statvfs(seen)
+        except OSError:
+            continue
+        return (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+    return None
+
+
+def count_tasks(root_pid: int) -> int:
+    """Processes and threads descending from ``root_pid`` (itself included), from /proc."""
+    children, threads = _process_tree()
     total, stack = 0, [root_pid]
     while stack:
         pid = stack.pop()
@@ -987,8 +1048,13 @@ def _identity_files(spec: SandboxSpec, slirp: bool) -> dict[str, Path]:
 class ApptainerSandbox(Sandbox):
     """``apptainer exec --containall --cleanenv`` in the agent image; inputs bound in read-only.
 
-    The environment reaches the container through an ``--env-file`` written to the run's private
-    directory (never on the command line, where keys would show in ``ps`` and the trace).
+    The workspace is the agent's HOME (``--home``: with --containall, HOME cannot be set through the
+    environment). /tmp and /var/tmp are a directory of the run's own on node-local disk (``--workdir``;
+    without it --containall gives a /tmp of the session's size, 64 MiB by default), removed afterwards;
+    its size is measured against budget.tmp_mb. /dev/shm is Apptainer's own memory-backed tmpfs, which
+    takes no size: its usage is measured against budget.shm_mb. The environment reaches the container
+    through an ``--env-file`` written to the run's private directory (never on the command line, where
+    keys would show in ``ps`` and the trace).
     """
 
     name = "apptainer"
@@ -1008,8 +1074,10 @@ class ApptainerSandbox(Sandbox):
             raise SandboxError("config key 'sandbox.image' must name the agent image (.sif) for backend 'apptainer'")
         command = self._network_command(command, spec, env)
         ws = str(spec.workspace)
-        argv = [self.executable, "exec", "--containall", "--cleanenv", "--no-home", "--pwd", ws,
-                "--bind", f"{ws}:{ws}"]
+        if spec.scratch is None:
+            spec.scratch = _run_scratch(spec.scratch_root)
+        argv = [self.executable, "exec", "--containall", "--cleanenv", "--home", f"{ws}:{ws}", "--pwd", ws,
+                "--workdir", str(spec.scratch)]
         if spec.gpus > 0:
             argv.append("--nv")
         if spec.network != "open":
@@ -1021,16 +1089,16 @@ class ApptainerSandbox(Sandbox):
         for inside, outside in spec.files.items():
             argv += ["--bind", f"{outside}:{inside}:ro"]
         host_env = {k: os.environ[k] for k in ("PATH", "LANG", "TMPDIR") if k in os.environ}
-        if env:
-            if spec.private_dir is None:
-                raise SandboxError("backend 'apptainer' needs a private directory for the environment file")
-            spec.private_dir.mkdir(parents=True, exist_ok=True)
-            env_file = spec.private_dir / "agent.env"
-            fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                # The image sets its own PATH; keep it rather than the host's.
-                handle.writelines(f"{k}={_env_quote(v)}\n" for k, v in env.items() if k != "PATH")
-            argv += ["--env-file", str(env_file)]
+        if spec.private_dir is None:
+            raise SandboxError("backend 'apptainer' needs a private directory for the environment file")
+        spec.private_dir.mkdir(parents=True, exist_ok=True)
+        env_file = spec.private_dir / "agent.env"
+        inside = {**env, "TMPDIR": "/tmp"}  # --workdir's directory
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            # The image sets its own PATH; HOME is --home's (apptainer refuses it from the environment).
+            handle.writelines(f"{k}={_env_quote(v)}\n" for k, v in inside.items() if k not in ("PATH", "HOME"))
+        argv += ["--env-file", str(env_file)]
         if "CUDA_VISIBLE_DEVICES" in env:
             host_env["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]  # read by --nv
         return argv + [self.image] + list(command), host_env
@@ -1041,7 +1109,38 @@ class ApptainerSandbox(Sandbox):
             raise SandboxError("backend 'apptainer' runs the agent as the pipeline's own user, which is root here: "
                                "run the pipeline as an unprivileged user, or use backend 'bubblewrap'")
         check_image(self.image)
-        return super()._launch(command, spec, env)
+        try:
+            launch = super()._launch(command, spec, env)
+        except BaseException:
+            _remove_scratch(spec)
+            raise
+        launch.cleanups.append(lambda: _remove_scratch(spec))
+        scratch = spec.scratch
+        spec.watched = [("tmp_mb", lambda _pid: workspace_usage(scratch).bytes, spec.tmp_mb),
+                        ("shm_mb", lambda pid: namespace_mount_usage(pid, "/dev/shm"), spec.shm_mb)]
+        return launch
+
+
+def _run_scratch(root: Path | str | None) -> Path:
+    """A new directory of this run's own under ``root`` (config key sandbox.scratch_dir), else under the
+    job's node-local scratch ($SLURM_TMPDIR, $TMPDIR), else the system's temporary directory."""
+    configured = root is not None
+    if root is None:
+        root = os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir()
+    root = Path(os.path.expanduser(str(root)))
+    if not root.is_dir():
+        where = "config key 'sandbox.scratch_dir'" if configured else "the job's scratch ($SLURM_TMPDIR/$TMPDIR)"
+        raise SandboxError(f"{where} names {root}, which is not a directory: the agent's /tmp is made there")
+    try:
+        return Path(tempfile.mkdtemp(prefix="ptb-agent-", dir=root))
+    except OSError as exc:
+        raise SandboxError(f"could not make the agent's /tmp under {root}: {exc.strerror or exc}") from None
+
+
+def _remove_scratch(spec: SandboxSpec) -> None:
+    if spec.scratch is not None:
+        shutil.rmtree(spec.scratch, ignore_errors=True)
+        spec.scratch = None
 
 
 def check_image(image: str | None) -> None:

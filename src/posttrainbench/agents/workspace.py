@@ -28,12 +28,13 @@ HELPER_DIR = "evaluation"
 # The scoring harness, copied for the helper (evaluation imports benchmarks and io).
 HARNESS_MODULES = ("evaluation.py", "eval_requests.py", "generation.py", "protocol.py", "templates.py",
                    "artifacts.py", "toolcalls.py", "io.py", "checkpoint_guard.py", "tokenizer_guard.py",
-                   "code_sandbox.py", "code_sandbox_inside.py", "serving.py", "confine.py", "graders.py")
+                   "code_sandbox.py", "code_sandbox_inside.py", "serving.py", "confine.py", "graders.py",
+                   "progress.py")
 # The benchmark modules (with their data files), templates and few-shot demonstrations final scoring uses.
 HARNESS_PACKAGES = ("benchmarks", "chat_templates", "fewshot")
 # What the built-in recipes import inside the sandbox: never the evaluation harness.
-TOOL_MODULES = ("__init__.py", "io.py", "models.py", "recipes/__init__.py", "recipes/sft.py",
-                "agents/__init__.py", "agents/submit.py")
+TOOL_MODULES = ("__init__.py", "io.py", "models.py", "progress.py", "recipes/__init__.py",
+                "recipes/sft.py", "agents/__init__.py", "agents/submit.py")
 
 TASK_TEMPLATE = """\
 # Your task

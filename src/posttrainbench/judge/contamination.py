@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from ..agents.workspace import HELPER_DIR
 from ..io import sha256_file
+from ..progress import ProgressReporter
 from . import decoding, files, ngrams
 
 log = logging.getLogger(__name__)
@@ -431,12 +432,17 @@ def check_contamination(*, workspace: Path, trace: Path | None, test_sets: dict[
     # the helper's folder, the transcript): there the shown items do not count.
     workspace_seen, invited_seen = Sightings(), Sightings()
     scanned = 0
-    for path in files:
-        rel = path.relative_to(workspace).as_posix()
-        seen = invited_seen if is_invited(rel) else workspace_seen
-        scanned += scan_documents(index, located(path, f"workspace/{rel}"), seen, decoder=decoder)
-    if trace is not None and trace.is_file():
-        scanned += scan_documents(index, located(trace, trace.name), invited_seen, decoder=decoder)
+    with_trace = trace is not None and trace.is_file()
+    # Files scanned (the transcript counts as one): a large workspace takes minutes.
+    with ProgressReporter(len(files) + int(with_trace), "judge-scan-files", logger=log) as progress:
+        for path in files:
+            rel = path.relative_to(workspace).as_posix()
+            seen = invited_seen if is_invited(rel) else workspace_seen
+            scanned += scan_documents(index, located(path, f"workspace/{rel}"), seen, decoder=decoder)
+            progress.update()
+        if with_trace:
+            scanned += scan_documents(index, located(trace, trace.name), invited_seen, decoder=decoder)
+            progress.update()
     notes += decoder.notes
 
     def matched(seen: Sightings, skip: set = frozenset()) -> dict[tuple[str, int], float]:

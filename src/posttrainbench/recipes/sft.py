@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json
+from ..progress import ProgressReporter
 
 _CALC = re.compile(r"<<[^<>]*>>")
 _FINAL = re.compile(r"^\s*####\s*(.+?)\s*$")
@@ -179,6 +181,32 @@ def train_sft(
                 log_handle.write(json.dumps(record, default=float) + "\n")
                 log_handle.flush()
 
+    class _Progress(TrainerCallback):
+        """Optimizer steps done of ``max_steps``, as progress lines on stderr (the agent's trace)."""
+
+        reporter: ProgressReporter | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: D401 - trainer hook
+            self.reporter = ProgressReporter(state.max_steps or max_steps, "train-steps", logger=progress_log)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: D401 - trainer hook
+            if self.reporter is not None:
+                self.reporter.set(state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: D401 - trainer hook
+            if self.reporter is not None:
+                self.reporter.set(state.global_step)
+                self.reporter.finish(complete=False)
+
+    # Progress goes to stderr whether or not the caller configured logging.
+    progress_log = logging.getLogger("posttrainbench.recipes.sft.progress")
+    if not progress_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        progress_log.addHandler(handler)
+        progress_log.setLevel(logging.INFO)
+        progress_log.propagate = False
+
     try:
         config = SFTConfig(
             output_dir=str(work / "trainer"),
@@ -211,7 +239,7 @@ def train_sft(
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[_Log()],
+            callbacks=[_Log(), _Progress()],
         )
         # The stock printer writes python dicts to stdout; _Log replaces it.
         trainer.remove_callback(PrinterCallback)
