@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0
-python -m pytest "$@" || status=$?
+python -m pytest --durations=25 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "tests/run.sh: pytest collected no tests" >&2
 fi

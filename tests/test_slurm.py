@@ -77,6 +77,14 @@ def test_the_cluster_enforces_account_associations(slurm_cluster, tmp_path: Path
     assert "Invalid qos" in refusals["unknown QOS"].stderr
 
 
+def _workflow_jobs(slurm_run: dict) -> dict[str, dict]:
+    """The jobs this run's workflow submitted: the cluster is shared by the session's SLURM tests (another
+    workflow's jobs stay visible for MinJobAge), so they are told apart by their working directory."""
+    workdir = str(slurm_run["workdir"])
+    return {i: j for i, j in slurm_run["jobs"].items()
+            if j.get("Comment", "").startswith("rule_") and j.get("WorkDir") == workdir}
+
+
 def _jobs_by_rule(jobs: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for job in jobs.values():
@@ -91,7 +99,7 @@ def _jobs_by_rule(jobs: dict) -> dict[str, list[dict]]:
 def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
     second = slurm_run["second"]
     assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
-    by_rule = _jobs_by_rule(slurm_run["jobs"])
+    by_rule = _jobs_by_rule(_workflow_jobs(slurm_run))
     # Staging and the leaderboard are local rules (login node); the cell's rules are cluster jobs.
     assert set(by_rule) == {"run_agent", "submit_reference", "evaluate", "judge"}, sorted(by_rule)
     # 4 cells; the cancelled evaluation is submitted again in the second pass. The base row's two runs
@@ -168,8 +176,9 @@ def test_gpu_rules_ask_slurm_for_a_gpu_and_the_leaderboard_comes_out(slurm_run):
     from posttrainbench.status import collect
 
     sweep = collect(load_config(slurm_run["workdir"] / "config.yaml"), results)
-    agent_job_ids = {job["JobId"] for rule in ("run_agent", "submit_reference") for job in by_rule[rule]}
-    assert [(s.stage, s.job_id in agent_job_ids) for s in sweep.cells] == [("done", True)] * 4, sweep.cells
+    agent_nodes = {job["JobId"]: job["NodeList"] for rule in ("run_agent", "submit_reference") for job in by_rule[rule]}
+    assert [(s.stage, s.job_id in agent_nodes) for s in sweep.cells] == [("done", True)] * 4, sweep.cells
+    assert all(s.node and s.node == agent_nodes[s.job_id] for s in sweep.cells), sweep.cells
     # Each cluster job left its SLURM log under the profile's log directory.
     logs = list((slurm_run["workdir"] / "logs" / "slurm" / "rule_evaluate").rglob("*.log"))
     assert len(logs) == 5
@@ -196,7 +205,7 @@ def test_cancelled_cell_finishes_on_rerun_without_losing_or_redoing_finished_res
     assert len([p for p in records if p.relative_to(results).parts[0] == "judge"]) == 2
 
     # Second pass: only the cancelled job was submitted again, and it finished.
-    new_jobs = {i: j for i, j in slurm_run["jobs"].items() if i not in first_jobs and j["Comment"].startswith("rule_")}
+    new_jobs = {i: j for i, j in _workflow_jobs(slurm_run).items() if i not in first_jobs}
     assert [j["Comment"] for j in new_jobs.values()] == [cell_comment(KILLED_RULE, KILLED_CELL)]
     assert json.loads(eval_json.read_text())["status"] == "ok"
     # Every result that existed after the first pass is still there, untouched.

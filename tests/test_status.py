@@ -449,7 +449,10 @@ def test_watch_redraws_in_a_terminal_until_interrupted(tree, no_squeue):
     stage_inputs(tree)
     main, child = pty.openpty()
     proc = subprocess.Popen([str(BIN / "ptb"), "status", "--config", "config.yaml", "--watch", "1"], cwd=tree,
-                            stdin=child, stdout=child, stderr=child, env={**os.environ, "COLUMNS": "200"})
+                            stdin=child, stdout=child, stderr=child, env={**os.environ, "COLUMNS": "200"},
+                            # A test run started in the background inherits SIGINT ignored (POSIX shells do
+                            # that to background jobs), and Python then never raises KeyboardInterrupt.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(child)
     seen = b""
     deadline = time.monotonic() + 90
@@ -589,3 +592,22 @@ def test_report_status_table_shows_hostile_text_as_text(tree, no_squeue, monkeyp
     (results / "status.json").unlink()
     page = publish_parts("T\n=\n\n.. ptb-status:: results/status.json\n", writer="html")["html_body"]
     assert "No status table" in page
+
+
+def test_finished_agent_shows_the_node_its_job_noted(tree, no_squeue, monkeypatch):
+    """A finished cell's job and node come from its files: the job id from run.json, the node from the attempt
+    the job noted in attempts.json (accounting.record_attempt, run inside the job's environment)."""
+    from posttrainbench import accounting
+
+    stage_inputs(tree)
+    cell_dir = run_dir(tree, "reference-sft", "gsm8k")
+    cell_dir.mkdir(parents=True)
+    monkeypatch.setenv("SLURMD_NODENAME", "gpu-node-07")
+    accounting.record_attempt(cell_dir, 1, job_id="4242")
+    write_run(tree, "reference-sft", "gsm8k", slurm_job_id="4242")
+    cell = statuses(tree)[key("reference-sft", "gsm8k")]
+    assert (cell.stage, cell.job_id, cell.node) == (st.AGENT_FINISHED, "4242", "gpu-node-07")
+    # A run record naming a job no attempt noted shows no node rather than another job's.
+    write_run(tree, "reference-sft", "gsm8k", slurm_job_id="4243")
+    cell = statuses(tree)[key("reference-sft", "gsm8k")]
+    assert (cell.job_id, cell.node) == ("4243", "")

@@ -194,7 +194,8 @@ def record_attempt(run_dir: Path, budget_gpus: int, job_id: str | None = None) -
         if seen:
             attempts[-1]["last_seen"] = max(seen)
     now = time.time()
-    attempts.append({"slurm_job_id": job_id, "started": now, "budget_gpus": int(budget_gpus),
+    attempts.append({"slurm_job_id": job_id, "node": os.environ.get("SLURMD_NODENAME") if job_id else None,
+                     "started": now, "budget_gpus": int(budget_gpus),
                      "started_iso": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")})
     atomic_write_json(run_dir / LEDGER, attempts)
     return attempts

@@ -415,8 +415,8 @@ def _agent_activity(ctx: Context, cell: Cell, run_dir: Path) -> tuple[str, Job |
     return "", None, None, ""
 
 
-def _attempt_jobs(run_dir: Path) -> list[str]:
-    """The SLURM job ids of the cell's attempts (attempts.json), oldest first."""
+def _attempt_entries(run_dir: Path) -> list[dict]:
+    """The cell's attempts (attempts.json), oldest first; [] when absent or unreadable."""
     try:
         info = os.stat(run_dir / "attempts.json")
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JSON_BYTES:
@@ -424,10 +424,21 @@ def _attempt_jobs(run_dir: Path) -> list[str]:
         attempts = json.loads((run_dir / "attempts.json").read_bytes())
     except (OSError, ValueError, RecursionError):
         return []
-    if not isinstance(attempts, list):
-        return []
-    jobs = [a.get("slurm_job_id") for a in attempts[:10_000] if isinstance(a, dict)]
+    return [a for a in attempts[:10_000] if isinstance(a, dict)] if isinstance(attempts, list) else []
+
+
+def _attempt_jobs(run_dir: Path) -> list[str]:
+    """The SLURM job ids of the cell's attempts (attempts.json), oldest first."""
+    jobs = [a.get("slurm_job_id") for a in _attempt_entries(run_dir)]
     return [clean(j, 40) for j in jobs if isinstance(j, (str, int)) and not isinstance(j, bool) and str(j)]
+
+
+def _attempt_node(run_dir: Path, job_id: str) -> str:
+    """The node the attempt of SLURM job ``job_id`` ran on, as the job noted it; "" when unknown."""
+    for attempt in reversed(_attempt_entries(run_dir)):
+        if clean(attempt.get("slurm_job_id"), 40) == job_id and isinstance(attempt.get("node"), str):
+            return clean(attempt["node"], 60)
+    return ""
 
 
 def _step_activity(ctx: Context, rules: Iterable[str], wildcards: tuple, outputs: Iterable[Path]) -> tuple[bool, Job | None]:
@@ -474,6 +485,7 @@ def cell_status(ctx: Context, cell: Cell) -> CellStatus:
             job = run.get("slurm_job_id")
             if isinstance(job, (str, int)) and not isinstance(job, bool):
                 status.job_id = clean(job, 40)
+                status.node = _attempt_node(run_dir, status.job_id)
     else:
         staged, missing = _staged(ctx, cell)
         status.stage = STAGED if staged else NOT_STARTED
